@@ -1,0 +1,5 @@
+"""Collectors shipped with eventbus, runnable by name with ``eventbus-collector run NAME``."""
+
+BUILTINS = {
+    "demo": "collectors.builtin.demo:DemoCollector",
+}

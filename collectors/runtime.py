@@ -1,0 +1,278 @@
+"""Runs a :class:`~collectors.sdk.Collector` against the daemon: register, heartbeat, execute, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from collectors.sdk import Collector, OperationSpec, TaskContext
+from distributor.models import ALL_PRIORITIES, CollectorCapability, ErrorInfo, TaskRequest, TaskResult
+from eventbus import messages as m
+from eventbus.client import Client
+from eventbus.errors import EventBusError, ProtocolError, RequestTimeout, UnknownCollector
+
+log = logging.getLogger(__name__)
+
+#: attempts to deliver a result before giving up on it (the daemon then times the attempt out)
+RESULT_DELIVERY_TRIES = 5
+
+
+@dataclass(slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    ctx: TaskContext
+
+
+class CollectorRuntime:
+    """Connects one collector instance to eventbusd and serves until ``stop`` is set."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        *,
+        collector_id: str,
+        socket: str | None = None,
+        concurrency: int | None = None,
+        request_timeout_s: float = 5.0,
+        shutdown_grace_s: float = 30.0,
+    ) -> None:
+        self.collector = collector
+        self.collector_id = collector_id
+        self.concurrency = concurrency or type(collector).max_concurrent_tasks
+        self._socket = socket
+        self._timeout = request_timeout_s
+        self._grace = shutdown_grace_s
+        self._ops = type(collector).operations()
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._accepting = True
+        self._heartbeat_interval = 5.0
+        self._client: Client | None = None
+        self._stop: asyncio.Event | None = None
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="op")
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def capability(self) -> CollectorCapability:
+        levels = sorted({p for _, spec in self._ops.values() for p in spec.priority_levels} or ALL_PRIORITIES)
+        return CollectorCapability(
+            collector_id=self.collector_id,
+            collector_type=type(self.collector).collector_type,
+            supported_operations=sorted(self._ops),
+            max_concurrent_tasks=self.concurrency,
+            priority_levels=levels,
+            attributes=dict(self.collector.attributes),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set (or the daemon sends control.shutdown), then drain and leave."""
+        self._stop = stop
+        self._client = Client(
+            self._socket, identity=self.collector_id, on_publish=self._on_publish, timeout=self._timeout
+        )
+        await self._client.connect()
+        try:
+            await self._register_until_done(stop)
+            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(stop))
+            await stop.wait()
+            heartbeat.cancel()
+            await self._drain_and_leave()
+        finally:
+            await self._client.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- registration and liveness -----------------------------------
+
+    async def _register(self) -> None:
+        assert self._client is not None
+        reply = await self._client.request(m.REGISTER, self.capability().model_dump())
+        self._heartbeat_interval = float(reply.get("heartbeat_interval_s", self._heartbeat_interval))
+        log.info("collector_id=%s registered (%s)", self.collector_id, ", ".join(sorted(self._ops)))
+
+    async def _register_until_done(self, stop: asyncio.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                await self._register()
+                return
+            except RequestTimeout:
+                log.warning("collector_id=%s: daemon did not answer registration; retrying", self.collector_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        assert self._client is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._heartbeat_interval)
+            if stop.is_set():
+                return
+            try:
+                await self._client.request(
+                    f"{m.HEARTBEAT_PREFIX}.{self.collector_id}", {"current_tasks": len(self._running)}
+                )
+            except UnknownCollector:
+                log.info("collector_id=%s: daemon does not know us (restarted?); registering again", self.collector_id)
+                with contextlib.suppress(EventBusError):
+                    await self._register()
+            except RequestTimeout:
+                log.warning("collector_id=%s: heartbeat not answered", self.collector_id)
+
+    async def _drain_and_leave(self) -> None:
+        assert self._client is not None
+        self._accepting = False
+        with contextlib.suppress(EventBusError):
+            await self._client.request(m.DRAIN, {"collector_id": self.collector_id})
+        running = [r.task for r in self._running.values()]
+        if running:
+            log.info(
+                "collector_id=%s: waiting up to %gs for %d running tasks", self.collector_id, self._grace, len(running)
+            )
+            _, late = await asyncio.wait(running, timeout=self._grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
+        if self._background:
+            await asyncio.wait(self._background, timeout=self._timeout)
+        with contextlib.suppress(EventBusError):
+            await self._client.request(m.DEREGISTER, {"collector_id": self.collector_id})
+        log.info("collector_id=%s deregistered", self.collector_id)
+
+    # ---- commands from the daemon -------------------------------------
+
+    def _on_publish(self, topic: str, body: dict[str, Any]) -> None:
+        if topic.startswith(m.TASK_PREFIX + "."):
+            self._start(body)
+        elif topic.startswith(m.CANCEL_PREFIX + "."):
+            self._cancel(body)
+        elif topic in (m.SHUTDOWN, f"{m.SHUTDOWN}.{self.collector_id}") and self._stop is not None:
+            log.info("collector_id=%s: shutdown requested by the daemon", self.collector_id)
+            self._stop.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _start(self, body: dict[str, Any]) -> None:
+        try:
+            dispatch = m.DispatchBody.model_validate(body)
+            request = TaskRequest.model_validate(dispatch.task)
+        except Exception as exc:  # a malformed dispatch: nothing to run, nothing to answer to
+            log.error("collector_id=%s: malformed dispatch ignored: %s", self.collector_id, exc)
+            return
+        task_id = request.task_id or ""
+        ctx = TaskContext(task_id, dispatch.attempt, dispatch.deadline, self.collector_id)
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def progress(fraction: float, message: str) -> None:
+            if threading.get_ident() == loop_thread:
+                self._progress(ctx, fraction, message)
+            else:  # a sync operation in the thread pool
+                loop.call_soon_threadsafe(self._progress, ctx, fraction, message)
+
+        ctx._progress = progress
+        task = loop.create_task(self._execute(request, ctx))
+        self._running[(task_id, dispatch.attempt)] = _Running(task, ctx)
+
+    def _cancel(self, body: dict[str, Any]) -> None:
+        running = self._running.get((str(body.get("task_id")), int(body.get("attempt", 0))))
+        if running is not None:
+            log.info(
+                "task_id=%s attempt=%s cancelled: %s", running.ctx.task_id, running.ctx.attempt, body.get("reason")
+            )
+            running.ctx.cancelled.set()
+            running.task.cancel()
+
+    def _progress(self, ctx: TaskContext, fraction: float, message: str) -> None:
+        assert self._client is not None
+        body = {
+            "event": "progress",
+            "task_id": ctx.task_id,
+            "attempt": ctx.attempt,
+            "fraction": fraction,
+            "message": message,
+        }
+        self._client.notify(f"{m.RESULT_PREFIX}.{self.collector_id}", body)
+
+    # ---- running an attempt ------------------------------------------
+
+    async def _execute(self, request: TaskRequest, ctx: TaskContext) -> None:
+        assert self._client is not None
+        started = time.time()
+        accepted = {"event": "accepted", "task_id": ctx.task_id, "attempt": ctx.attempt}
+        self._client.notify(f"{m.RESULT_PREFIX}.{self.collector_id}", accepted)
+        try:
+            value = await self._call(request, ctx)
+            result = self._result(ctx, started, True, value=value)
+        except asyncio.CancelledError:
+            result = self._result(ctx, started, False, error=ErrorInfo(type="Cancelled", message="attempt cancelled"))
+        except Exception as exc:
+            result = self._result(ctx, started, False, error=ErrorInfo(type=type(exc).__name__, message=str(exc)))
+        finally:
+            self._running.pop((ctx.task_id, ctx.attempt), None)
+        await self._report(result)
+
+    async def _call(self, request: TaskRequest, ctx: TaskContext) -> Any:
+        found = self._ops.get(request.operation)
+        if not self._accepting:
+            raise RuntimeError(f"collector {self.collector_id} is shutting down")
+        if found is None:
+            raise LookupError(f"operation {request.operation!r} is not supported by {self.collector_id}")
+        attr, spec = found
+        method = getattr(self.collector, attr)
+        args = _arguments(spec, request.payload, ctx)
+        if spec.is_async:
+            return await method(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(method, *args))
+
+    def _result(self, ctx: TaskContext, started: float, success: bool, **fields: Any) -> TaskResult:
+        finished = time.time()
+        return TaskResult(
+            task_id=ctx.task_id,
+            attempt=ctx.attempt,
+            collector_id=self.collector_id,
+            success=success,
+            execution_time_s=max(0.0, finished - started),
+            started_at=started,
+            finished_at=finished,
+            **fields,
+        )
+
+    async def _report(self, result: TaskResult) -> None:
+        body = {"event": "result", "task_id": result.task_id, "attempt": result.attempt, "result": result.model_dump()}
+        try:
+            await self._send_event(body, tries=RESULT_DELIVERY_TRIES)
+        except ProtocolError as exc:  # the value cannot be sent (not msgpack-able, too large)
+            error = ErrorInfo(type="ResultNotSendable", message=exc.message)
+            failed = result.model_copy(update={"success": False, "value": None, "error": error})
+            body["result"] = failed.model_dump()
+            await self._send_event(body, tries=RESULT_DELIVERY_TRIES)
+
+    async def _send_event(self, body: dict[str, Any], *, tries: int) -> None:
+        assert self._client is not None
+        topic = f"{m.RESULT_PREFIX}.{self.collector_id}"
+        for attempt in range(1, tries + 1):
+            try:
+                await self._client.request(topic, body)
+                return
+            except RequestTimeout:
+                if attempt == tries:
+                    log.error("task_id=%s: %s not acknowledged by the daemon", body["task_id"], body["event"])
+            except ProtocolError:
+                raise
+            except EventBusError as exc:
+                log.warning("task_id=%s: daemon refused %s: %s", body["task_id"], body["event"], exc)
+                return
+
+
+def _arguments(spec: OperationSpec, payload: Any, ctx: TaskContext) -> tuple[Any, ...]:
+    return (payload, ctx) if spec.wants_context else (payload,)

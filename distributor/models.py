@@ -1,0 +1,142 @@
+"""Wire-facing records of the distributor: capabilities, task requests, results.
+
+These are validated once, at the boundary where untrusted input enters; the
+core never re-validates them. Field names are the public contract
+(ARCHITECTURE.md, docs/PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: One topic segment; operations, collector types and ids appear in topics.
+SEGMENT = r"^[a-z0-9_-]+$"
+Segment = Annotated[str, Field(pattern=SEGMENT, min_length=1, max_length=64)]
+TaskId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$", min_length=1, max_length=128)]
+AttrValue = str | int | float | bool
+
+PRIORITY_MIN = 1
+PRIORITY_MAX = 10
+ALL_PRIORITIES = tuple(range(PRIORITY_MIN, PRIORITY_MAX + 1))
+
+
+class TaskState(enum.StrEnum):
+    """Lifecycle of a task; the last four are terminal."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED})
+
+
+class CollectorStatus(enum.StrEnum):
+    """Whether the registry routes new work to a collector."""
+
+    AVAILABLE = "available"
+    DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CollectorCapability(_Record):
+    """What a collector advertises when it registers."""
+
+    collector_id: Segment
+    collector_type: Segment
+    supported_operations: list[Segment] = Field(min_length=1, max_length=1024)
+    max_concurrent_tasks: int = Field(ge=1, le=100_000)
+    priority_levels: list[Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]] = Field(
+        default_factory=lambda: list(ALL_PRIORITIES), min_length=1
+    )
+    attributes: dict[str, AttrValue] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class TaskRequest(_Record):
+    """A unit of work as submitted by a client.
+
+    ``task_id`` and ``created_at`` are filled in by the daemon when absent.
+    """
+
+    task_id: TaskId | None = None
+    operation: Segment
+    priority: int = Field(default=5, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    payload: Any = None
+    timeout_ms: int = Field(default=30_000, ge=1, le=7 * 86_400_000)
+    deadline: float | None = Field(default=None, description="absolute epoch seconds")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    correlation_id: str | None = Field(default=None, max_length=256)
+    created_at: float | None = None
+
+
+class ErrorInfo(_Record):
+    """Why an attempt or a task failed."""
+
+    type: str = Field(max_length=256)
+    message: str = Field(max_length=65_536)
+
+
+class TaskResult(_Record):
+    """The outcome of one attempt, as reported by the collector that ran it."""
+
+    task_id: TaskId
+    attempt: int = Field(ge=1)
+    collector_id: Segment
+    success: bool
+    value: Any = None
+    error: ErrorInfo | None = None
+    execution_time_s: float = Field(default=0.0, ge=0)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class TaskInfo(_Record):
+    """A task's public view: state, attempts, timings, final result."""
+
+    task_id: str
+    operation: str
+    priority: int
+    state: TaskState
+    attempt: int
+    retries: int
+    collector_id: str | None
+    created_at: float
+    queued_at: float | None
+    dispatched_at: float | None
+    finished_at: float | None
+    result: TaskResult | None
+    error: ErrorInfo | None
+
+
+class CollectorInfo(_Record):
+    """A collector's public view as shown by ``eventbusctl collectors``."""
+
+    collector_id: str
+    collector_type: str
+    supported_operations: list[str]
+    attributes: dict[str, AttrValue]
+    current_tasks: int
+    max_concurrent_tasks: int
+    status: CollectorStatus
+    last_heartbeat: float
+    tasks_completed: int
+    tasks_failed: int
+    success_rate: float | None

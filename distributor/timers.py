@@ -1,0 +1,51 @@
+"""A heap of timers keyed by what they are about; stale ones are skipped by the caller."""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from dataclasses import dataclass, field
+
+
+class TimerKind(enum.IntEnum):
+    """What a timer is for."""
+
+    ATTEMPT_TIMEOUT = 1
+    DEADLINE = 2
+    RETRY = 3
+    HEARTBEAT_CHECK = 4
+
+
+@dataclass(order=True, slots=True, frozen=True)
+class Timer:
+    """Due at ``when`` for ``key`` (a task or collector id); ``token`` tells stale ones apart."""
+
+    when: float
+    seq: int
+    kind: TimerKind = field(compare=False)
+    key: str = field(compare=False)
+    token: int = field(compare=False)
+
+
+class TimerHeap:
+    """Timers in due order. Cancelling is lazy: the owner checks ``token`` when one fires."""
+
+    def __init__(self) -> None:
+        self._heap: list[Timer] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, when: float, kind: TimerKind, key: str, token: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, Timer(when, self._seq, kind, key, token))
+
+    def pop_due(self, now: float) -> Timer | None:
+        """The earliest timer due at or before ``now``, removed; None when none is due."""
+        if self._heap and self._heap[0].when <= now:
+            return heapq.heappop(self._heap)
+        return None
+
+    def next_due(self) -> float | None:
+        return self._heap[0].when if self._heap else None

@@ -1,0 +1,233 @@
+"""eventbusctl: the operator's command line. Parses, calls the client, formats; nothing more."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from distributor.models import TaskInfo, TaskState
+from eventbus.client import SyncClient
+from eventbus.errors import EventBusError
+from eventbus.exitcodes import EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
+from eventbus.settings import ClientSettings, click_options, load_settings
+
+
+class _Ctx:
+    def __init__(self, settings: ClientSettings, as_json: bool) -> None:
+        self.settings = settings
+        self.json = as_json
+
+    def client(self) -> SyncClient:
+        return SyncClient(self.settings.socket, timeout=self.settings.timeout)
+
+
+def _fail(ctx: _Ctx, code: str, message: str, exit_code: int) -> NoReturn:
+    click.echo(f"eventbusctl: error: {message}", err=True)
+    if ctx.json:
+        click.echo(json.dumps({"error": {"code": code, "message": message}}))
+    sys.exit(exit_code)
+
+
+def _run(ctx: _Ctx, call: Callable[[SyncClient], Any]) -> Any:
+    """Call the daemon; every eventbus error becomes one line and its documented exit code."""
+    try:
+        with ctx.client() as client:
+            return call(client)
+    except EventBusError as exc:
+        _fail(ctx, exc.code, exc.message, exit_code_for(exc.code))
+
+
+def _emit(ctx: _Ctx, data: Any, human: Callable[[], None]) -> None:
+    if ctx.json:
+        click.echo(json.dumps(data, default=str))
+    else:
+        human()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click_options(ClientSettings)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
+@click.pass_context
+def main(click_ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
+    """Talk to a running eventbusd.
+
+    Exit codes: 0 ok, 1 task failed/cancelled/expired, 2 usage, 3 daemon
+    unreachable, 4 rejected by the daemon, 5 timed out.
+    """
+    ctx = _Ctx(ClientSettings(), as_json)
+    click_ctx.obj = ctx
+    try:
+        ctx.settings = load_settings(ClientSettings, flags=flags)
+    except EventBusError as exc:
+        _fail(ctx, exc.code, exc.message, EXIT_USAGE)
+
+
+def _parse_payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {text[1:]}: {exc.strerror}", param_hint="--payload") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"invalid JSON: {exc}", param_hint="--payload") from None
+
+
+@main.command()
+@click.argument("operation")
+@click.option("--payload", help="JSON payload, @FILE to read it from a file, or - for stdin")
+@click.option("--priority", type=click.IntRange(1, 10), help="1-10, higher first [default 5]")
+@click.option("--timeout-ms", type=click.IntRange(min=1), help="run time limit per attempt [default 30000]")
+@click.option("--deadline-s", type=click.FloatRange(min=0, min_open=True), help="expire if not done within N s")
+@click.option("--id", "task_id", help="task id (generated when absent)")
+@click.option("--wait", is_flag=True, help="wait for the final result and print it")
+@click.option("--wait-timeout", type=float, default=None, help="give up waiting after N seconds (exit 5)")
+@click.pass_obj
+def submit(
+    ctx: _Ctx,
+    operation: str,
+    payload: str | None,
+    priority: int | None,
+    timeout_ms: int | None,
+    deadline_s: float | None,
+    task_id: str | None,
+    wait: bool,
+    wait_timeout: float | None,
+) -> None:
+    """Submit a task; print its id, or with --wait its result.
+
+    Example: eventbusctl submit echo --payload '{"hello": 1}' --wait
+    """
+    value = _parse_payload(payload)
+    deadline = time.time() + deadline_s if deadline_s is not None else None
+
+    def call(client: SyncClient) -> str | TaskInfo:
+        tid = client.submit(
+            operation, value, priority=priority, timeout_ms=timeout_ms, deadline=deadline, task_id=task_id
+        )
+        return client.wait(tid, timeout=wait_timeout) if wait else tid
+
+    out = _run(ctx, call)
+    if isinstance(out, TaskInfo):
+        _print_final(ctx, out)
+    else:
+        _emit(ctx, {"task_id": out}, lambda: click.echo(out))
+
+
+def _print_final(ctx: _Ctx, info: TaskInfo) -> None:
+    """Print a final task: its value on success, its error otherwise (exit 1)."""
+    ok = info.state is TaskState.SUCCEEDED
+    if ctx.json:
+        click.echo(info.model_dump_json())
+    elif ok:
+        click.echo(json.dumps(info.result.value if info.result else None, default=repr))
+    if not ok:
+        err = info.error
+        reason = f"{err.type}: {err.message}" if err else "no error recorded"
+        click.echo(f"eventbusctl: task {info.task_id} {info.state.value}: {reason}", err=True)
+        sys.exit(EXIT_TASK_FAILED)
+
+
+@main.command()
+@click.argument("task_id")
+@click.pass_obj
+def task(ctx: _Ctx, task_id: str) -> None:
+    """Show a task's state, attempts and result (exit 1 if it failed, was cancelled or expired)."""
+    info: TaskInfo = _run(ctx, lambda c: c.get(task_id))
+    if ctx.json:
+        click.echo(info.model_dump_json())
+    else:
+        for key, value in info.model_dump(mode="json").items():
+            click.echo(f"{key:14} {json.dumps(value) if isinstance(value, dict | list) else value}")
+    if info.state in (TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED):
+        sys.exit(EXIT_TASK_FAILED)
+
+
+@main.command()
+@click.argument("task_id")
+@click.pass_obj
+def cancel(ctx: _Ctx, task_id: str) -> None:
+    """Cancel a queued or running task."""
+    info: TaskInfo = _run(ctx, lambda c: c.cancel(task_id))
+    _emit(ctx, info.model_dump(mode="json"), lambda: click.echo(f"{task_id} {info.state.value}"))
+
+
+@main.command()
+@click.pass_obj
+def status(ctx: _Ctx) -> None:
+    """Version, uptime, strategy, collectors, queued and in-flight tasks."""
+    data = _run(ctx, lambda c: c.status())
+
+    def human() -> None:
+        for key in ("version", "socket", "strategy", "collectors", "active_collectors", "tasks_queued"):
+            click.echo(f"{key:18} {data[key]}")
+        click.echo(f"{'tasks_in_flight':18} {data['tasks_in_flight']}")
+        click.echo(f"{'uptime_s':18} {data['uptime_s']:.1f}")
+        click.echo(f"{'durable':18} {'on' if data['durable'] else 'off'}")
+
+    _emit(ctx, data, human)
+
+
+@main.command()
+@click.pass_obj
+def collectors(ctx: _Ctx) -> None:
+    """Each collector: id, type, operations, attributes, load, status, heartbeat age, success rate."""
+    infos = _run(ctx, lambda c: c.collectors())
+    now = time.time()
+
+    def human() -> None:
+        if not infos:
+            click.echo("no collectors registered")
+        for c in infos:
+            rate = "-" if c.success_rate is None else f"{c.success_rate:.0%}"
+            attrs = ",".join(f"{k}={v}" for k, v in c.attributes.items()) or "-"
+            click.echo(
+                f"{c.collector_id}  type={c.collector_type}  ops={','.join(c.supported_operations)}  "
+                f"attrs={attrs}  load={c.current_tasks}/{c.max_concurrent_tasks}  {c.status.value}  "
+                f"heartbeat={now - c.last_heartbeat:.1f}s ago  success={rate}"
+            )
+
+    _emit(ctx, [c.model_dump(mode="json") for c in infos], human)
+
+
+@main.command()
+@click.pass_obj
+def stats(ctx: _Ctx) -> None:
+    """Counters, queue depths and latency percentiles."""
+    data = _run(ctx, lambda c: c.stats())
+    _emit(ctx, data, lambda: click.echo(json.dumps(data, indent=2)))
+
+
+@main.command()
+@click.argument("patterns", nargs=-1)
+@click.option("--count", type=int, default=None, help="exit after N events")
+@click.pass_obj
+def watch(ctx: _Ctx, patterns: tuple[str, ...], count: int | None) -> None:
+    """Stream events matching PATTERNS (default events.#) until interrupted."""
+
+    def call(client: SyncClient) -> None:
+        client.subscribe(*(patterns or ("events.#",)))
+        for seen, (topic, body) in enumerate(client.events(), start=1):
+            if ctx.json:
+                click.echo(json.dumps({"topic": topic, "body": body}, default=str))
+            else:
+                detail = " ".join(f"{k}={v}" for k, v in body.items() if k not in ("at",))
+                click.echo(f"{time.strftime('%H:%M:%S')} {topic} {detail}")
+            if count is not None and seen >= count:
+                return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(ctx, call)
+    sys.exit(EXIT_OK)

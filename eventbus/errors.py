@@ -1,0 +1,133 @@
+"""Errors of the I/O layer. All share the root :class:`EventBusError` and carry a stable ``code``."""
+
+from __future__ import annotations
+
+from distributor.errors import (
+    DuplicateTask,
+    EventBusError,
+    InvalidRequest,
+    InvalidState,
+    QueueFull,
+    UnknownCollector,
+    UnknownTask,
+)
+
+
+class ProtocolError(EventBusError):
+    """A frame could not be taken as a message. ``correlation_id`` is set when it could be read."""
+
+    code = "bad_frame"
+
+    def __init__(self, message: str, *, correlation_id: str = "", code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.correlation_id = correlation_id
+
+
+class BadVersion(ProtocolError):
+    """The envelope's protocol version is not one this side speaks."""
+
+    code = "bad_version"
+
+
+class UnknownKind(ProtocolError):
+    """The envelope's message type is not request, reply, error or publish."""
+
+    code = "unknown_type"
+
+
+class TooLarge(ProtocolError):
+    """A frame is larger than ``max_message_size``."""
+
+    code = "too_large"
+
+
+class InvalidTopic(EventBusError):
+    """A topic or subscription pattern breaks the namespace rules."""
+
+    code = "bad_topic"
+
+
+class UnknownVerb(EventBusError):
+    """A request was sent to a topic nobody answers."""
+
+    code = "unknown_topic"
+
+
+class Forbidden(EventBusError):
+    """The peer may not do this (e.g. report results for another collector)."""
+
+    code = "forbidden"
+
+
+class DaemonUnreachable(EventBusError):
+    """No daemon answers on the socket path."""
+
+    code = "unreachable"
+
+
+class RequestTimeout(EventBusError):
+    """The daemon did not answer (or the task did not finish) in time."""
+
+    code = "timeout"
+
+
+class ConfigError(EventBusError):
+    """A setting is invalid, or the daemon cannot start with it."""
+
+    code = "config"
+
+
+class SocketInUse(ConfigError):
+    """Another live daemon owns the socket path."""
+
+    code = "socket_in_use"
+
+
+_BY_CODE: dict[str, type[EventBusError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        QueueFull,
+        UnknownTask,
+        UnknownCollector,
+        DuplicateTask,
+        InvalidState,
+        InvalidTopic,
+        UnknownVerb,
+        Forbidden,
+        RequestTimeout,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> EventBusError:
+    """Rebuild the typed error a daemon reported (a generic one for codes this side does not know)."""
+    if code in {"bad_frame", "bad_version", "unknown_type", "too_large"}:
+        return ProtocolError(message, code=code)
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return EventBusError(message, code=code)
+    return cls(message)
+
+
+__all__ = [
+    "BadVersion",
+    "ConfigError",
+    "DaemonUnreachable",
+    "DuplicateTask",
+    "EventBusError",
+    "Forbidden",
+    "InvalidRequest",
+    "InvalidState",
+    "InvalidTopic",
+    "ProtocolError",
+    "QueueFull",
+    "RequestTimeout",
+    "SocketInUse",
+    "TooLarge",
+    "UnknownCollector",
+    "UnknownKind",
+    "UnknownTask",
+    "UnknownVerb",
+    "error_from_code",
+]

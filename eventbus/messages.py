@@ -1,0 +1,106 @@
+"""Bodies of the control messages other than the distributor's own records.
+
+Topics and bodies are specified in docs/PROTOCOL.md. Every body is validated
+once, where it enters the daemon (or the client, for what the daemon sends).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distributor.models import Segment, TaskId, TaskResult
+from eventbus.errors import InvalidRequest
+
+# request topics (client -> daemon)
+SUBMIT = "control.task.submit"
+GET = "control.task.get"
+CANCEL = "control.task.cancel"
+STATUS = "control.admin.status"
+COLLECTORS = "control.admin.collectors"
+STATS = "control.admin.stats"
+SUBSCRIBE = "control.subscribe"
+UNSUBSCRIBE = "control.unsubscribe"
+# collector -> daemon
+REGISTER = "control.collector.register"
+DEREGISTER = "control.collector.deregister"
+DRAIN = "control.collector.drain"
+HEARTBEAT_PREFIX = "control.health.heartbeat"
+RESULT_PREFIX = "control.collector.result"
+# daemon -> collector
+TASK_PREFIX = "control.collector.task"
+CANCEL_PREFIX = "control.collector.cancel"
+SHUTDOWN = "control.shutdown"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GetBody(_Body):
+    task_id: TaskId
+    wait_s: float | None = Field(default=None, ge=0, le=3600, description="answer when final, or after this long")
+
+
+class TaskIdBody(_Body):
+    task_id: TaskId
+
+
+class CollectorIdBody(_Body):
+    collector_id: Segment
+
+
+class HeartbeatBody(_Body):
+    current_tasks: int = Field(default=0, ge=0)
+
+
+class SubscribeBody(_Body):
+    patterns: list[str] = Field(min_length=1, max_length=64)
+
+
+class AttemptEvent(_Body):
+    """What a collector reports about an attempt on ``control.collector.result.<id>``."""
+
+    event: Literal["accepted", "progress", "result"]
+    task_id: TaskId
+    attempt: int = Field(ge=1)
+    fraction: float | None = Field(default=None, ge=0, le=1)
+    message: str = Field(default="", max_length=4096)
+    result: TaskResult | None = None
+
+
+class DispatchBody(_Body):
+    """``control.collector.task.<type>.<id>``: run this attempt."""
+
+    task: dict[str, Any]
+    attempt: int
+    deadline: float | None = None
+
+
+class CancelBody(_Body):
+    """``control.collector.cancel.<id>``: stop this attempt."""
+
+    task_id: str
+    attempt: int
+    reason: str
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], body: dict[str, Any]) -> M:
+    """Validate a body; the first problem becomes a one-line :class:`InvalidRequest`."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(describe(exc)) from exc
+
+
+def describe(exc: ValidationError) -> str:
+    """``field.path: message`` of the first error, plus how many more there are."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {first['msg']}{more}"

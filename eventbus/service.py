@@ -1,0 +1,344 @@
+"""The daemon's request handling: frames in, distributor events, actions out.
+
+This is the thin shell around :class:`distributor.TaskDistributor`: it
+decodes and validates what peers send, feeds the distributor with the time,
+and carries out the actions it returns (dispatch, cancel, publish, answer
+waiters). It owns no socket itself; it sends through a ``send(identity,
+bytes)`` callable, so tests can drive it without ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from distributor import (
+    Action,
+    Cancel,
+    CollectorCapability,
+    Dispatch,
+    DistributorConfig,
+    Finished,
+    Publish,
+    TaskDistributor,
+    TaskRequest,
+    make_strategy,
+)
+from eventbus import messages as m
+from eventbus._version import __version__
+from eventbus.errors import EventBusError, Forbidden, InvalidRequest, ProtocolError, UnknownVerb
+from eventbus.settings import DaemonSettings
+from eventbus.topics import Subscriptions
+from eventbus.wire import Envelope, Kind, decode, encode, error_body
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[bytes, bytes], bool]
+Handler = Callable[[bytes, Envelope, str], "dict[str, Any] | None"]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    identity: bytes
+    correlation_id: str
+    topic: str
+    timer: asyncio.TimerHandle | None
+
+
+class Service:
+    """Everything the daemon does with a message, independent of the socket that carried it."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        send: Send,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._send = send
+        self._loop = loop
+        self._clock = clock
+        self.started_at = clock()
+        self.distributor = TaskDistributor(_distributor_config(settings), strategy=make_strategy(settings.strategy))
+        self.subscriptions = Subscriptions()
+        self.bad_frames = 0
+        self._peers: dict[str, bytes] = {}  # collector_id -> ZeroMQ identity
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._max = settings.max_message_size
+        self._exact: dict[str, Handler] = {
+            m.SUBMIT: self._submit,
+            m.GET: self._get,
+            m.CANCEL: self._cancel,
+            m.STATUS: self._status,
+            m.COLLECTORS: self._collectors,
+            m.STATS: self._stats,
+            m.SUBSCRIBE: self._subscribe,
+            m.UNSUBSCRIBE: self._unsubscribe,
+            m.REGISTER: self._register,
+            m.DEREGISTER: self._deregister,
+            m.DRAIN: self._drain_collector,
+        }
+        # topics ending in the sender's collector id
+        self._per_collector: dict[str, Handler] = {
+            m.HEARTBEAT_PREFIX: self._heartbeat,
+            m.RESULT_PREFIX: self._attempt_event,
+        }
+
+    # ---- inbound -------------------------------------------------------
+
+    def on_message(self, identity: bytes, frames: list[bytes]) -> None:
+        """Handle one inbound ZeroMQ message (identity already split off)."""
+        if len(frames) != 1:
+            self._bad_frame(identity, ProtocolError(f"expected 1 frame after the identity, got {len(frames)}"))
+            return
+        try:
+            env = decode(frames[0], self._max)
+        except ProtocolError as exc:
+            self._bad_frame(identity, exc)
+            return
+        if env.kind is not Kind.REQUEST:
+            self._reply_error(identity, env, InvalidRequest(f"the daemon only takes requests, not {env.kind.value}"))
+            return
+        try:
+            handler, arg = self._route(env.topic)
+            body = handler(identity, env, arg)
+        except EventBusError as exc:
+            self._reply_error(identity, env, exc)
+            return
+        if body is not None:
+            self._reply(identity, env.id, env.topic, body)
+
+    def _route(self, topic: str) -> tuple[Handler, str]:
+        handler = self._exact.get(topic)
+        if handler is not None:
+            return handler, ""
+        prefix, _, last = topic.rpartition(".")
+        handler = self._per_collector.get(prefix)
+        if handler is None:
+            raise UnknownVerb(f"no handler for topic {topic!r}")
+        return handler, last
+
+    def _bad_frame(self, identity: bytes, exc: ProtocolError) -> None:
+        self.bad_frames += 1
+        log.warning("bad frame from peer %r: %s (%s)", identity, exc.message, exc.code)
+        self._reply_error(identity, Envelope(Kind.ERROR, exc.correlation_id, "control.error"), exc)
+
+    # ---- outbound ------------------------------------------------------
+
+    def _reply(self, identity: bytes, corr: str, topic: str, body: dict[str, Any]) -> None:
+        try:
+            data = encode(Envelope(Kind.REPLY, corr, topic, body), self._max)
+        except EventBusError as exc:
+            self._reply_error(identity, Envelope(Kind.REQUEST, corr, topic), exc)
+            return
+        self._send(identity, data)
+
+    def _reply_error(self, identity: bytes, env: Envelope, exc: EventBusError) -> None:
+        data = encode(Envelope(Kind.ERROR, env.id, env.topic, error_body(exc.code, exc.message)), self._max)
+        self._send(identity, data)
+
+    def _publish(self, identity: bytes, topic: str, body: dict[str, Any]) -> bool:
+        try:
+            data = encode(Envelope(Kind.PUBLISH, "", topic, body), self._max)
+        except EventBusError as exc:
+            log.error("cannot publish on %s: %s", topic, exc)
+            return False
+        return self._send(identity, data)
+
+    def perform(self, actions: Iterable[Action]) -> None:
+        """Carry out the distributor's actions in order."""
+        for action in actions:
+            if isinstance(action, Publish):
+                for peer in self.subscriptions.subscribers(action.topic):
+                    self._publish(peer, action.topic, action.body)
+            elif isinstance(action, Dispatch):
+                self._dispatch(action)
+            elif isinstance(action, Cancel):
+                self._to_collector(
+                    action.collector_id,
+                    f"{m.CANCEL_PREFIX}.{action.collector_id}",
+                    {"task_id": action.task_id, "attempt": action.attempt, "reason": action.reason},
+                )
+            elif isinstance(action, Finished):
+                self._answer_waiters(action.task_id)
+
+    def _dispatch(self, action: Dispatch) -> None:
+        topic = f"{m.TASK_PREFIX}.{action.collector_type}.{action.collector_id}"
+        body = {"task": action.task.model_dump(), "attempt": action.attempt, "deadline": action.deadline}
+        if not self._to_collector(action.collector_id, topic, body):
+            log.warning(
+                "dispatch of task_id=%s attempt=%d to collector_id=%s was not delivered; "
+                "it is redelivered when the attempt times out or the collector is declared dead",
+                action.task.task_id,
+                action.attempt,
+                action.collector_id,
+            )
+
+    def _to_collector(self, collector_id: str, topic: str, body: dict[str, Any]) -> bool:
+        identity = self._peers.get(collector_id)
+        return identity is not None and self._publish(identity, topic, body)
+
+    def tick(self) -> None:
+        """Fire due timers (timeouts, deadlines, retries, heartbeat checks)."""
+        self.perform(self.distributor.tick(self._clock()))
+
+    def peer_gone(self, identity: bytes) -> None:
+        """The transport reports a peer as unreachable: forget its subscriptions."""
+        self.subscriptions.remove(identity)
+
+    # ---- client verbs --------------------------------------------------
+
+    def _submit(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        request = m.parse(TaskRequest, env.body)
+        task_id, actions = self.distributor.submit(request, self._clock())
+        self.perform(actions)
+        return {"task_id": task_id}
+
+    def _get(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:
+        body = m.parse(m.GetBody, env.body)
+        info = self.distributor.get(body.task_id)
+        if info.state.terminal or not body.wait_s:
+            return info.model_dump()
+        waiter = _Waiter(identity, env.id, env.topic, None)
+        waiter.timer = self._loop.call_later(body.wait_s, self._wait_expired, body.task_id, waiter)
+        self._waiters.setdefault(body.task_id, []).append(waiter)
+        return None  # answered when the task finishes or the wait expires
+
+    def _wait_expired(self, task_id: str, waiter: _Waiter) -> None:
+        waiters = self._waiters.get(task_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[task_id]
+            self._answer(waiter, task_id)
+
+    def _answer_waiters(self, task_id: str) -> None:
+        for waiter in self._waiters.pop(task_id, []):
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            self._answer(waiter, task_id)
+
+    def _answer(self, waiter: _Waiter, task_id: str) -> None:
+        try:
+            body = self.distributor.get(task_id).model_dump()
+        except EventBusError as exc:
+            self._reply_error(waiter.identity, Envelope(Kind.REQUEST, waiter.correlation_id, waiter.topic), exc)
+            return
+        self._reply(waiter.identity, waiter.correlation_id, waiter.topic, body)
+
+    def _cancel(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.TaskIdBody, env.body)
+        self.perform(self.distributor.cancel(body.task_id, self._clock()))
+        return self.distributor.get(body.task_id).model_dump()
+
+    def _status(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        snap = self.distributor.snapshot()
+        return {
+            "version": __version__,
+            "uptime_s": self._clock() - self.started_at,
+            "strategy": self.distributor.strategy.name,
+            "collectors": snap["collectors"],
+            "active_collectors": snap["active_collectors"],
+            "tasks_queued": snap["tasks_queued"],
+            "tasks_in_flight": snap["tasks_in_flight"],
+            "durable": False,
+            "socket": str(self.settings.socket),
+        }
+
+    def _collectors(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        return {"collectors": [c.model_dump() for c in self.distributor.collectors()]}
+
+    def _stats(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        snap = self.distributor.snapshot()
+        snap["bad_frames"] = self.bad_frames
+        snap["subscribers"] = len(self.subscriptions)
+        return snap
+
+    def _subscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.SubscribeBody, env.body)
+        self.subscriptions.add(identity, body.patterns)
+        return {"patterns": body.patterns}
+
+    def _unsubscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.SubscribeBody, env.body)
+        self.subscriptions.remove(identity, body.patterns)
+        return {"patterns": body.patterns}
+
+    # ---- collector verbs -----------------------------------------------
+
+    def _register(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        capability = m.parse(CollectorCapability, env.body)
+        self._peers[capability.collector_id] = identity
+        self.perform(self.distributor.register(capability, self._clock()))
+        log.info(
+            "collector_id=%s registered: type=%s operations=%s max_concurrent_tasks=%d",
+            capability.collector_id,
+            capability.collector_type,
+            ",".join(capability.supported_operations),
+            capability.max_concurrent_tasks,
+        )
+        return {
+            "heartbeat_interval_s": self.settings.heartbeat_interval_s,
+            "heartbeat_timeout_s": self.settings.heartbeat_timeout_s,
+            "max_message_size": self._max,
+        }
+
+    def _owned(self, identity: bytes, collector_id: str) -> None:
+        if self._peers.get(collector_id, identity) != identity:
+            raise Forbidden(f"collector {collector_id!r} is registered by another connection")
+
+    def _deregister(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.CollectorIdBody, env.body)
+        self._owned(identity, body.collector_id)
+        self.perform(self.distributor.deregister(body.collector_id, self._clock()))
+        self._peers.pop(body.collector_id, None)
+        log.info("collector_id=%s deregistered", body.collector_id)
+        return {"collector_id": body.collector_id}
+
+    def _drain_collector(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.CollectorIdBody, env.body)
+        self.perform(self.distributor.drain(body.collector_id, self._clock()))
+        return {"collector_id": body.collector_id}
+
+    def _heartbeat(self, identity: bytes, env: Envelope, collector_id: str) -> dict[str, Any]:
+        m.parse(m.HeartbeatBody, env.body)
+        self._owned(identity, collector_id)
+        self.perform(self.distributor.heartbeat(collector_id, self._clock()))
+        self._peers[collector_id] = identity
+        return {"at": self._clock()}
+
+    def _attempt_event(self, identity: bytes, env: Envelope, collector_id: str) -> dict[str, Any]:
+        event = m.parse(m.AttemptEvent, env.body)
+        self._owned(identity, collector_id)
+        now = self._clock()
+        d = self.distributor
+        if event.event == "accepted":
+            actions = d.accepted(collector_id, event.task_id, event.attempt, now)
+        elif event.event == "progress":
+            actions = d.progress(collector_id, event.task_id, event.attempt, event.fraction or 0.0, event.message, now)
+        else:
+            result = event.result
+            if result is None or result.task_id != event.task_id or result.attempt != event.attempt:
+                raise InvalidRequest("a 'result' event needs a result for the same task_id and attempt")
+            if result.collector_id != collector_id:
+                raise Forbidden(f"result names collector {result.collector_id!r}, sent as {collector_id!r}")
+            actions = d.complete(result, now)
+        self.perform(actions)
+        return {"task_id": event.task_id}
+
+
+def _distributor_config(settings: DaemonSettings) -> DistributorConfig:
+    return DistributorConfig(
+        max_queue_size=settings.max_queue_size,
+        max_retries=settings.max_retries,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        retry_backoff_base_ms=settings.retry_backoff_base_ms,
+        retry_backoff_max_ms=settings.retry_backoff_max_ms,
+        max_finished_tasks=settings.max_finished_tasks,
+    )

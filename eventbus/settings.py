@@ -1,0 +1,196 @@
+"""Settings: one pydantic model per process, read from TOML, ``EVENTBUS_*`` and flags.
+
+Precedence: flags > environment > config file > defaults. Each field's
+description is its documentation; click options are derived from the model
+(:func:`click_options`), so a setting is written once.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from distributor.strategies import STRATEGIES
+from eventbus.errors import ConfigError
+from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE
+
+ENV_PREFIX = "EVENTBUS_"
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSettings(_Settings):
+    """Every setting of ``eventbusd``."""
+
+    socket: Path | None = Field(
+        default=None,
+        description="Unix socket path (default: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/eventbus or /tmp/eventbus-UID)",
+    )
+    strategy: str = Field(default="least_loaded", description=f"routing strategy: {', '.join(sorted(STRATEGIES))}")
+    log_level: LogLevel = Field(default="info", description="log level")
+    max_message_size: int = Field(
+        default=DEFAULT_MAX_MESSAGE_SIZE, ge=1024, le=256 << 20, description="largest frame accepted, in bytes"
+    )
+    max_queue_size: int = Field(default=10_000, ge=1, description="queued tasks across all operations")
+    max_retries: int = Field(default=3, ge=0, le=100, description="retries of a failed attempt before a task fails")
+    retry_backoff_base_ms: float = Field(default=100.0, gt=0, description="first retry backoff cap, doubled per retry")
+    retry_backoff_max_ms: float = Field(default=30_000.0, gt=0, description="largest retry backoff")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often collectors are asked to heartbeat")
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="silence after which a collector is unhealthy")
+    max_finished_tasks: int = Field(default=100_000, ge=1, description="finished tasks kept for queries")
+    peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
+    tick_interval_s: float = Field(default=0.05, gt=0, le=5, description="timer resolution (timeouts, retries)")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r} (known: {', '.join(sorted(STRATEGIES))})")
+        return value
+
+
+class ClientSettings(_Settings):
+    """Settings of ``eventbusctl`` and the Python clients."""
+
+    socket: Path | None = Field(default=None, description="daemon socket path (same default as eventbusd)")
+    timeout: float = Field(default=10.0, gt=0, description="seconds to wait for the daemon to answer a request")
+
+
+class CollectorSettings(_Settings):
+    """Settings of ``eventbus-collector``."""
+
+    socket: Path | None = Field(default=None, description="daemon socket path (same default as eventbusd)")
+    log_level: LogLevel = Field(default="info", description="log level")
+    request_timeout_s: float = Field(default=5.0, gt=0, description="seconds to wait for the daemon's answer")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long running tasks may finish")
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(
+    model: type[S],
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> S:
+    """Build settings from defaults < config file < environment < flags; :class:`ConfigError` names the culprit."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config_file is not None:
+        data.update(_read_toml(Path(config_file)))
+        origin.update(dict.fromkeys(data, str(config_file)))
+    for name, field in model.model_fields.items():
+        raw = env.get(env_name(name))
+        if raw is not None and raw != "":
+            data[name] = _from_env(raw, field.annotation)
+            origin[name] = env_name(name)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            data[name] = value
+            origin[name] = "--" + name.replace("_", "-")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        where = origin.get(key, "settings")
+        raise ConfigError(f"invalid setting {key!r} from {where}: {err['msg']}") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _from_env(raw: str, annotation: Any) -> Any:
+    """Env values are strings; lists and maps are written as JSON."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw  # validation names the variable
+    return raw
+
+
+def _click_type(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return click.Choice([str(a) for a in typing.get_args(annotation)])
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _click_type(args[0])
+    if annotation is Path:
+        return click.Path(path_type=Path)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return click.Choice([m.value for m in annotation])
+    return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(annotation, click.STRING)
+
+
+def click_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """A decorator adding one ``--option`` per settings field (default None: unset, not overriding)."""
+
+    def decorate(func: Any) -> Any:
+        for name, field in reversed(list(model.model_fields.items())):
+            if name in skip:
+                continue
+            flag = "--" + name.replace("_", "-")
+            helptext = f"{field.description} [env {env_name(name)}; default {field.default}]"
+            func = click.option(flag, name, type=_click_type(field.annotation), default=None, help=helptext)(func)
+        return func
+
+    return decorate
+
+
+def settings_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def sample_toml(model: type[BaseModel] = DaemonSettings) -> str:
+    """The commented sample config listing every setting with its default (config/eventbusd.toml)."""
+    lines = [
+        "# eventbusd settings. Every key is optional; shown commented out with its default.",
+        "# Precedence: command-line flags > EVENTBUS_<NAME> environment variables > this file > defaults.",
+        "# Load with: eventbusd --config FILE (or EVENTBUS_CONFIG=FILE).",
+    ]
+    for name, field in model.model_fields.items():
+        default = field.default
+        if default is None:
+            value = '""  # unset'
+        elif isinstance(default, bool):
+            value = str(default).lower()
+        elif isinstance(default, str | Path):
+            value = json.dumps(str(default))
+        else:
+            value = repr(default)
+        lines += ["", f"# {field.description} (env {env_name(name)})", f"# {name} = {value}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(sample_toml(), end="")

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Expose each phase's report on the item, so fixtures can print logs for failed tests."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
