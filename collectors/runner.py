@@ -53,6 +53,8 @@ def resolve_target(target: str) -> type[Collector]:
             raise TargetError(f"entry point {target!r} ({ep.value}) is not a Collector subclass")
     tried.append(f"entry points in group {ENTRY_POINT_GROUP!r}")
     if ":" in target:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside you are found
         try:
             return _load(target)
         except (ImportError, AttributeError) as exc:

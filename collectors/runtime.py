@@ -127,8 +127,7 @@ class CollectorRuntime:
     async def _drain_and_leave(self) -> None:
         assert self._client is not None
         self._accepting = False
-        with contextlib.suppress(EventBusError):
-            await self._client.request(m.DRAIN, {"collector_id": self.collector_id})
+        await self._leave_request(m.DRAIN)
         running = [r.task for r in self._running.values()]
         if running:
             log.info(
@@ -141,9 +140,21 @@ class CollectorRuntime:
                 await asyncio.wait(late, timeout=5)
         if self._background:
             await asyncio.wait(self._background, timeout=self._timeout)
-        with contextlib.suppress(EventBusError):
-            await self._client.request(m.DEREGISTER, {"collector_id": self.collector_id})
-        log.info("collector_id=%s deregistered", self.collector_id)
+        if await self._leave_request(m.DEREGISTER):
+            log.info("collector_id=%s deregistered", self.collector_id)
+
+    async def _leave_request(self, topic: str) -> bool:
+        """Best effort while shutting down: a daemon that is gone (socket removed) is not waited for."""
+        assert self._client is not None
+        if not self._client.path.exists():
+            log.info("collector_id=%s: daemon is gone; leaving without %s", self.collector_id, topic)
+            return False
+        try:
+            await self._client.request(topic, {"collector_id": self.collector_id}, timeout=min(self._timeout, 2.0))
+        except EventBusError as exc:
+            log.warning("collector_id=%s: %s failed: %s", self.collector_id, topic, exc)
+            return False
+        return True
 
     # ---- commands from the daemon -------------------------------------
 

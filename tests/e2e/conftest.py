@@ -31,11 +31,13 @@ def command(name: str) -> str:
 class Proc:
     """A child process whose output goes to a log file, killed at teardown if still alive."""
 
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.argv = argv
         self.log = log
         self._fh = log.open("ab")
-        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -98,8 +100,8 @@ class Bus:
         except EventBusError:
             return False
 
-    def spawn(self, argv: list[str], name: str) -> Proc:
-        proc = Proc(argv, self.root / f"{name}-{len(self.procs)}.log", self.env)
+    def spawn(self, argv: list[str], name: str, cwd: Path | None = None) -> Proc:
+        proc = Proc(argv, self.root / f"{name}-{len(self.procs)}.log", self.env, cwd)
         self.procs.append(proc)
         return proc
 
