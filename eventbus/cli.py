@@ -69,6 +69,24 @@ def main(click_ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
         _fail(ctx, exc.code, exc.message, EXIT_USAGE)
 
 
+def run() -> None:
+    """Console entry point: usage errors become one line (and a JSON object with --json), exit 2."""
+    try:
+        main.main(standalone_mode=False)
+    except click.UsageError as exc:
+        message = exc.format_message()
+        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"eventbusctl: error: {message}{hint}", err=True)
+        if "--json" in sys.argv[1:]:
+            click.echo(json.dumps({"error": {"code": "usage", "message": message}}))
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(EXIT_OK)
+
+
 def _parse_payload(text: str | None) -> Any:
     if text is None:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,14 @@ def test_invalid_payload_json_exits_2_with_the_parse_error(bare_bus: Bus) -> Non
     out = bare_bus.ctl("submit", "echo", "--payload", "{nope")
     assert out.returncode == 2
     assert "invalid JSON" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_usage_errors_exit_2_with_a_json_error_under_json(bare_bus: Bus) -> None:
+    out = bare_bus.ctl("--json", "submit", "echo", "--priority", "11")
+    assert out.returncode == 2
+    assert json.loads(out.stdout)["error"]["code"] == "usage"
+    assert "--priority" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_task_id_exits_4(bus: Bus) -> None:
@@ -166,3 +175,16 @@ def test_a_stale_socket_of_a_dead_daemon_is_replaced(bare_bus: Bus) -> None:
     first.wait(5)
     assert Path(bare_bus.socket).exists()
     bare_bus.start_daemon()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to drop to nobody"
+)
+def test_a_socket_directory_the_daemon_cannot_write_is_a_clear_startup_error(bare_bus: Bus) -> None:
+    locked = bare_bus.root / "locked"
+    locked.mkdir(mode=0o755)
+    bare_bus.root.chmod(0o755)
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", command("eventbusd")]
+    proc = bare_bus.spawn([*argv, "--socket", str(locked / "eb.sock")], "nobody")
+    assert proc.wait(10) == 2
+    assert f"socket directory {locked} is not writable" in proc.output()
