@@ -1,6 +1,7 @@
 """The sans-I/O decision core of eventbus: registry, queues, routing, task state machine."""
 
 from distributor.actions import Action, Cancel, Dispatch, Finished, Publish
+from distributor.constraints import Constraint, parse_constraint
 from distributor.core import DistributorConfig, TaskDistributor
 from distributor.errors import (
     DuplicateTask,
@@ -23,28 +24,42 @@ from distributor.models import (
 )
 from distributor.queue import TaskQueue
 from distributor.registry import CapabilityRegistry, CollectorState
-from distributor.strategies import STRATEGIES, LeastLoaded, RoutingStrategy, make_strategy
+from distributor.strategies import (
+    STRATEGIES,
+    BestFit,
+    FirstAvailable,
+    LeastLoaded,
+    RandomChoice,
+    RoundRobin,
+    RoutingStrategy,
+    make_strategy,
+)
 
 __all__ = [
     "STRATEGIES",
     "Action",
+    "BestFit",
     "Cancel",
     "CapabilityRegistry",
     "CollectorCapability",
     "CollectorInfo",
     "CollectorState",
     "CollectorStatus",
+    "Constraint",
     "Dispatch",
     "DistributorConfig",
     "DuplicateTask",
     "ErrorInfo",
     "EventBusError",
     "Finished",
+    "FirstAvailable",
     "InvalidRequest",
     "InvalidState",
     "LeastLoaded",
     "Publish",
     "QueueFull",
+    "RandomChoice",
+    "RoundRobin",
     "RoutingStrategy",
     "TaskDistributor",
     "TaskInfo",
@@ -55,4 +70,5 @@ __all__ = [
     "UnknownCollector",
     "UnknownTask",
     "make_strategy",
+    "parse_constraint",
 ]

@@ -82,6 +82,8 @@ class TaskRequest(_Record):
     payload: Any = None
     timeout_ms: int = Field(default=30_000, ge=1, le=7 * 86_400_000)
     deadline: float | None = Field(default=None, description="absolute epoch seconds")
+    constraints: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=32)
+    depends_on: list[TaskId] = Field(default_factory=list, max_length=256)
     metadata: dict[str, str] = Field(default_factory=dict)
     correlation_id: str | None = Field(default=None, max_length=256)
     created_at: float | None = None
@@ -124,6 +126,8 @@ class TaskInfo(_Record):
     finished_at: float | None
     result: TaskResult | None
     error: ErrorInfo | None
+    constraints: list[str]
+    depends_on: list[str]
 
 
 class CollectorInfo(_Record):
@@ -140,3 +144,6 @@ class CollectorInfo(_Record):
     tasks_completed: int
     tasks_failed: int
     success_rate: float | None
+    mean_execution_s: float | None
+    utilization: float
+    score: float

@@ -84,20 +84,29 @@ class TaskQueue:
         """Operations that have at least one queued task."""
         return [op for op, q in self._queues.items() if q.size]
 
-    def heads(self, operation: str) -> Iterator[tuple[int, str]]:
-        """(priority, task_id) of the first live task of each priority, highest first."""
+    def candidates(self, operation: str, per_level: int) -> Iterator[tuple[int, str]]:
+        """(priority, task_id) of up to ``per_level`` live tasks of each priority, highest first, FIFO.
+
+        The caller may :meth:`pop` the task it was handed, but must then stop iterating.
+        """
         q = self._queues.get(operation)
         if q is None or not q.size:
             return
+        where = self._where
         for priority in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1):
             level = q.levels[priority]
-            while level and self._where.get(level[0][0]) != (operation, priority, level[0][1]):
+            while level and where.get(level[0][0]) != (operation, priority, level[0][1]):
                 level.popleft()  # stale entry of a removed task
-            if level:
-                yield priority, level[0][0]
+            taken = 0
+            for task_id, seq in level:
+                if where.get(task_id) == (operation, priority, seq):
+                    yield priority, task_id
+                    taken += 1
+                    if taken >= per_level:
+                        break
 
     def pop(self, task_id: str) -> None:
-        """Take a task returned by :meth:`heads` off the queue."""
+        """Take a task returned by :meth:`candidates` off the queue."""
         operation, priority, seq = self._where.pop(task_id)
         q = self._queues[operation]
         level = q.levels[priority]

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from distributor.errors import UnknownCollector
 from distributor.models import CollectorCapability, CollectorInfo, CollectorStatus
+
+#: smaller sorts first: the collector a strategy prefers
+OrderKey = Callable[["CollectorState"], Any]
+Eligible = Callable[["CollectorState"], bool]
 
 
 @dataclass(slots=True, eq=False)
@@ -15,12 +22,15 @@ class CollectorState:
 
     capability: CollectorCapability
     last_heartbeat: float
-    generation: int
+    registered_at: float
+    order: int  # registration order, unique: the final tie-breaker everywhere
     status: CollectorStatus = CollectorStatus.AVAILABLE
     current_tasks: int = 0
     tasks_completed: int = 0
     tasks_failed: int = 0
     total_execution_s: float = 0.0
+    busy_slot_s: float = 0.0
+    last_dispatch: int = 0  # global dispatch counter when it last got work
     #: task_id -> attempt number of every attempt in flight on this collector
     attempts: dict[str, int] = field(default_factory=dict)
     #: attempts taken away while it was unhealthy; cancelled when it comes back
@@ -43,7 +53,27 @@ class CollectorState:
         """Fraction of the collector's slots in use."""
         return self.current_tasks / self.capability.max_concurrent_tasks
 
-    def info(self) -> CollectorInfo:
+    @property
+    def success_rate(self) -> float:
+        """Completed / finished, with one neutral pseudo-success and pseudo-failure: 0.5 for a new collector."""
+        return (self.tasks_completed + 1) / (self.tasks_completed + self.tasks_failed + 2)
+
+    @property
+    def experience(self) -> float:
+        """Tasks completed, normalised to [0, 1): 0 for a new collector, 0.5 after 10."""
+        return self.tasks_completed / (self.tasks_completed + 10)
+
+    @property
+    def score(self) -> float:
+        """best_fit's ranking: success rate x 0.7 + experience x 0.3."""
+        return self.success_rate * 0.7 + self.experience * 0.3
+
+    def utilization(self, now: float) -> float:
+        """Share of its slot-time spent running attempts since it registered."""
+        elapsed = (now - self.registered_at) * self.capability.max_concurrent_tasks
+        return min(1.0, self.busy_slot_s / elapsed) if elapsed > 0 else 0.0
+
+    def info(self, now: float) -> CollectorInfo:
         done = self.tasks_completed + self.tasks_failed
         cap = self.capability
         return CollectorInfo(
@@ -58,22 +88,115 @@ class CollectorState:
             tasks_completed=self.tasks_completed,
             tasks_failed=self.tasks_failed,
             success_rate=self.tasks_completed / done if done else None,
+            mean_execution_s=self.total_execution_s / done if done else None,
+            utilization=self.utilization(now),
+            score=self.score,
         )
 
 
-class CapabilityRegistry:
-    """Collectors indexed by operation, with a per-operation set of those that can take work.
+class Pool:
+    """The collectors of one operation that can take work now, in the active strategy's order.
 
-    Finding the candidates for an operation never walks collectors that do
-    not support it; the availability sets are updated on every load or
-    status change (cost: the number of operations of that collector).
+    A heap with lazy invalidation: every re-filing pushes a fresh entry and
+    the stamp tells the live one from stale ones, so finding the preferred
+    eligible collector costs O(log n) instead of a scan.
     """
 
+    __slots__ = ("_heap", "_ids", "_index", "_stamp", "members")
+
     def __init__(self) -> None:
+        self.members: dict[str, CollectorState] = {}
+        self._heap: list[tuple[Any, int, str]] = []
+        self._stamp: dict[str, int] = {}
+        self._ids: list[str] = []  # members in an array, for uniform sampling
+        self._index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def put(self, state: CollectorState, key: Any, stamp: int) -> None:
+        cid = state.collector_id
+        self.members[cid] = state
+        self._stamp[cid] = stamp
+        heapq.heappush(self._heap, (key, stamp, cid))
+        if cid not in self._index:
+            self._index[cid] = len(self._ids)
+            self._ids.append(cid)
+        if len(self._heap) > 4 * len(self.members) + 64:
+            self._compact()
+
+    def discard(self, cid: str) -> None:
+        if self.members.pop(cid, None) is None:
+            return
+        del self._stamp[cid]
+        i = self._index.pop(cid)
+        last = self._ids.pop()
+        if last != cid:
+            self._ids[i] = last
+            self._index[last] = i
+
+    def best(self, eligible: Eligible) -> CollectorState | None:
+        """The first eligible member in heap order (skipped ones are put back)."""
+        heap, stamps = self._heap, self._stamp
+        skipped = []
+        found = None
+        while heap:
+            _, stamp, cid = heap[0]
+            if stamps.get(cid) != stamp:
+                heapq.heappop(heap)  # stale entry
+                continue
+            state = self.members[cid]
+            if eligible(state):
+                found = state
+                break
+            skipped.append(heapq.heappop(heap))
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
+
+    def sample(self, eligible: Eligible, rng: random.Random, tries: int = 16) -> CollectorState | None:
+        """A uniformly random eligible member."""
+        ids = self._ids
+        for _ in range(min(tries, len(ids))):
+            state = self.members[ids[rng.randrange(len(ids))]]
+            if eligible(state):
+                return state
+        candidates = [s for s in self.members.values() if eligible(s)]
+        return rng.choice(candidates) if candidates else None
+
+    def reorder(self, key: OrderKey, stamp: Callable[[], int]) -> None:
+        self._heap = []
+        for state in self.members.values():
+            s = stamp()
+            self._stamp[state.collector_id] = s
+            self._heap.append((key(state), s, state.collector_id))
+        heapq.heapify(self._heap)
+
+    def _compact(self) -> None:
+        stamps = self._stamp
+        self._heap = [e for e in self._heap if stamps.get(e[2]) == e[1]]
+        heapq.heapify(self._heap)
+
+
+def _registration_order(state: CollectorState) -> Any:
+    return state.order
+
+
+class CapabilityRegistry:
+    """Collectors indexed by operation, with a per-operation :class:`Pool` of those that can take work.
+
+    Finding a collector for a task never walks collectors that do not support
+    its operation; re-filing a collector after its load or status changed
+    costs O(k log n) for its k operations.
+    """
+
+    def __init__(self, order: OrderKey = _registration_order) -> None:
         self._collectors: dict[str, CollectorState] = {}
-        self._available: dict[str, dict[str, CollectorState]] = {}
+        self._pools: dict[str, Pool] = {}
         self._supporting: dict[str, int] = {}
-        self._generation = 0
+        self._order = order
+        self._seq = 0
+        self._stamp = 0
 
     def __len__(self) -> int:
         return len(self._collectors)
@@ -92,8 +215,8 @@ class CapabilityRegistry:
 
     def add(self, capability: CollectorCapability, now: float) -> CollectorState:
         """Register a new collector (its id must not be registered)."""
-        self._generation += 1
-        state = CollectorState(capability, last_heartbeat=now, generation=self._generation)
+        self._seq += 1
+        state = CollectorState(capability, last_heartbeat=now, registered_at=now, order=self._seq)
         self._collectors[capability.collector_id] = state
         self._index(state)
         self.refresh(state)
@@ -113,35 +236,51 @@ class CapabilityRegistry:
         del self._collectors[collector_id]
         return state
 
+    def set_order(self, order: OrderKey) -> None:
+        """Re-sort every pool for a new strategy."""
+        self._order = order
+        for pool in self._pools.values():
+            pool.reorder(order, self._next_stamp)
+
     def refresh(self, state: CollectorState) -> None:
-        """Re-file a collector after its load or status changed."""
+        """Re-file a collector after its load, record or status changed."""
         cid = state.collector_id
-        can_take = state.status is CollectorStatus.AVAILABLE and state.has_room
-        for op in state.capability.supported_operations:
-            avail = self._available[op]
-            if can_take:
-                avail[cid] = state
-            else:
-                avail.pop(cid, None)
+        ops = state.capability.supported_operations
+        if state.status is CollectorStatus.AVAILABLE and state.has_room:
+            key = self._order(state)
+            for op in ops:
+                self._pools[op].put(state, key, self._next_stamp())
+        else:
+            for op in ops:
+                self._pools[op].discard(cid)
+
+    def pool(self, operation: str) -> Pool | None:
+        """Collectors supporting ``operation`` that are available and have room."""
+        return self._pools.get(operation)
 
     def available(self, operation: str) -> dict[str, CollectorState]:
-        """Collectors supporting ``operation`` that are available and have room, oldest first."""
-        return self._available.get(operation) or {}
+        pool = self._pools.get(operation)
+        return pool.members if pool else {}
 
     def supporting(self, operation: str) -> int:
         """How many registered collectors support ``operation`` (any status)."""
         return self._supporting.get(operation, 0)
 
+    def _next_stamp(self) -> int:
+        self._stamp += 1
+        return self._stamp
+
     def _index(self, state: CollectorState) -> None:
         for op in state.capability.supported_operations:
             self._supporting[op] = self._supporting.get(op, 0) + 1
-            self._available.setdefault(op, {})
+            if op not in self._pools:
+                self._pools[op] = Pool()
 
     def _unindex(self, state: CollectorState) -> None:
         cid = state.collector_id
         for op in state.capability.supported_operations:
             self._supporting[op] -= 1
-            self._available[op].pop(cid, None)
+            self._pools[op].discard(cid)
             if not self._supporting[op]:
                 del self._supporting[op]
-                del self._available[op]
+                del self._pools[op]

@@ -1,52 +1,93 @@
-"""Routing strategies: given the eligible collectors for a task, pick one.
+"""Routing strategies: among the collectors eligible for a task, which one gets it.
 
-A strategy only chooses; eligibility (operation, priority, status, room)
-is decided by the distributor before it is asked.
+A strategy orders a :class:`~distributor.registry.Pool` (its ``key``: smaller
+is preferred) and picks from it; eligibility (operation, priority, status,
+room, constraints) is decided by the distributor and passed in. Switching
+strategies re-sorts the pools; the next decision uses the new one.
 """
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from distributor.errors import InvalidRequest
 from distributor.models import TaskRequest
-from distributor.registry import CollectorState
+from distributor.registry import CollectorState, Eligible, Pool
 
 
 class RoutingStrategy(ABC):
-    """Picks one collector among eligible candidates (never empty)."""
+    """Orders the collectors of an operation and picks one for a task."""
 
     name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
 
     @abstractmethod
-    def select(self, task: TaskRequest, candidates: Sequence[CollectorState]) -> CollectorState:
-        """Return the collector that gets this attempt of ``task``."""
+    def key(self, state: CollectorState) -> Any:
+        """Sort key; the eligible collector with the smallest key is chosen."""
+
+    def select(self, task: TaskRequest, pool: Pool, eligible: Eligible) -> CollectorState | None:
+        """The collector for this task, or None when no member of ``pool`` is eligible."""
+        return pool.best(eligible)
 
 
 class LeastLoaded(RoutingStrategy):
-    """The candidate with the smallest fraction of busy slots; ties go to the oldest."""
-
     name = "least_loaded"
+    description = "the smallest share of busy slots; ties to the earliest registered"
 
-    def select(self, task: TaskRequest, candidates: Sequence[CollectorState]) -> CollectorState:
-        best = candidates[0]
-        best_load = best.load
-        for c in candidates:
-            load = c.load
-            if load < best_load:
-                best, best_load = c, load
-        return best
+    def key(self, state: CollectorState) -> Any:
+        return (state.load, state.order)
 
 
-STRATEGIES: dict[str, type[RoutingStrategy]] = {LeastLoaded.name: LeastLoaded}
+class RoundRobin(RoutingStrategy):
+    name = "round_robin"
+    description = "in turn: the collector that got work least recently"
+
+    def key(self, state: CollectorState) -> Any:
+        return (state.last_dispatch, state.order)
 
 
-def make_strategy(name: str) -> RoutingStrategy:
+class FirstAvailable(RoutingStrategy):
+    name = "first_available"
+    description = "the earliest registered collector with room"
+
+    def key(self, state: CollectorState) -> Any:
+        return state.order
+
+
+class RandomChoice(RoutingStrategy):
+    name = "random"
+    description = "uniformly at random among eligible collectors"
+
+    def key(self, state: CollectorState) -> Any:
+        return state.order
+
+    def select(self, task: TaskRequest, pool: Pool, eligible: Eligible) -> CollectorState | None:
+        return pool.sample(eligible, self.rng)
+
+
+class BestFit(RoutingStrategy):
+    name = "best_fit"
+    description = "highest score (success rate x 0.7 + experience x 0.3); ties to the least loaded"
+
+    def key(self, state: CollectorState) -> Any:
+        return (-state.score, state.load, state.order)
+
+
+STRATEGIES: dict[str, type[RoutingStrategy]] = {
+    cls.name: cls for cls in (LeastLoaded, RoundRobin, FirstAvailable, RandomChoice, BestFit)
+}
+
+
+def make_strategy(name: str, rng: random.Random | None = None) -> RoutingStrategy:
     """Build a strategy by name; unknown names are an :class:`InvalidRequest`."""
     try:
-        return STRATEGIES[name]()
+        cls = STRATEGIES[name]
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
         raise InvalidRequest(f"unknown strategy {name!r} (known: {known})") from None
+    return cls(rng)

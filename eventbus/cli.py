@@ -109,6 +109,8 @@ def _parse_payload(text: str | None) -> Any:
 @click.option("--priority", type=click.IntRange(1, 10), help="1-10, higher first [default 5]")
 @click.option("--timeout-ms", type=click.IntRange(min=1), help="run time limit per attempt [default 30000]")
 @click.option("--deadline-s", type=click.FloatRange(min=0, min_open=True), help="expire if not done within N s")
+@click.option("--require", "constraints", multiple=True, help="attribute constraint, e.g. 'skill>=5' (repeatable)")
+@click.option("--after", "depends_on", multiple=True, help="run only after this task succeeded (repeatable)")
 @click.option("--id", "task_id", help="task id (generated when absent)")
 @click.option("--wait", is_flag=True, help="wait for the final result and print it")
 @click.option("--wait-timeout", type=float, default=None, help="give up waiting after N seconds (exit 5)")
@@ -120,6 +122,8 @@ def submit(
     priority: int | None,
     timeout_ms: int | None,
     deadline_s: float | None,
+    constraints: tuple[str, ...],
+    depends_on: tuple[str, ...],
     task_id: str | None,
     wait: bool,
     wait_timeout: float | None,
@@ -127,13 +131,22 @@ def submit(
     """Submit a task; print its id, or with --wait its result.
 
     Example: eventbusctl submit echo --payload '{"hello": 1}' --wait
+
+    Example: eventbusctl submit solve --payload '{"difficulty": 7}' --require 'skill>=7' --deadline-s 60
     """
     value = _parse_payload(payload)
     deadline = time.time() + deadline_s if deadline_s is not None else None
 
     def call(client: SyncClient) -> str | TaskInfo:
         tid = client.submit(
-            operation, value, priority=priority, timeout_ms=timeout_ms, deadline=deadline, task_id=task_id
+            operation,
+            value,
+            priority=priority,
+            timeout_ms=timeout_ms,
+            deadline=deadline,
+            task_id=task_id,
+            constraints=list(constraints) or None,
+            depends_on=list(depends_on) or None,
         )
         return client.wait(tid, timeout=wait_timeout) if wait else tid
 
@@ -171,6 +184,53 @@ def task(ctx: _Ctx, task_id: str) -> None:
             click.echo(f"{key:14} {json.dumps(value) if isinstance(value, dict | list) else value}")
     if info.state in (TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED):
         sys.exit(EXIT_TASK_FAILED)
+
+
+@main.command()
+@click.option("--state", type=click.Choice([s.value for s in TaskState]), help="only tasks in this state")
+@click.option("--operation", help="only tasks of this operation")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.pass_obj
+def tasks(ctx: _Ctx, state: str | None, operation: str | None, limit: int) -> None:
+    """List known tasks, newest first."""
+    infos: list[TaskInfo] = _run(ctx, lambda c: c.tasks(state, operation, limit))
+
+    def human() -> None:
+        for i in infos:
+            took = f"{i.finished_at - i.created_at:.3f}s" if i.finished_at else "-"
+            click.echo(
+                f"{i.task_id}  {i.operation:12} {i.state.value:10} p{i.priority}  attempt={i.attempt}  "
+                f"collector={i.collector_id or '-'}  took={took}"
+            )
+
+    _emit(ctx, [i.model_dump(mode="json") for i in infos], human)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.pass_obj
+def strategy(ctx: _Ctx, name: str | None) -> None:
+    """Show the routing strategy, or switch to NAME (round_robin, least_loaded, first_available, random, best_fit)."""
+    current = _run(ctx, lambda c: c.strategy(name))
+    _emit(ctx, {"strategy": current}, lambda: click.echo(current))
+
+
+@main.command()
+@click.argument("collector_id")
+@click.pass_obj
+def drain(ctx: _Ctx, collector_id: str) -> None:
+    """Stop sending new tasks to a collector; its running tasks finish."""
+    info = _run(ctx, lambda c: c.drain(collector_id))
+    _emit(ctx, info.model_dump(mode="json"), lambda: click.echo(f"{collector_id} {info.status.value}"))
+
+
+@main.command()
+@click.argument("collector_id")
+@click.pass_obj
+def undrain(ctx: _Ctx, collector_id: str) -> None:
+    """Resume sending tasks to a drained collector."""
+    info = _run(ctx, lambda c: c.undrain(collector_id))
+    _emit(ctx, info.model_dump(mode="json"), lambda: click.echo(f"{collector_id} {info.status.value}"))
 
 
 @main.command()

@@ -65,6 +65,15 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+def list_body(state: str | None, operation: str | None, limit: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"limit": limit}
+    if state is not None:
+        body["state"] = state
+    if operation is not None:
+        body["operation"] = operation
+    return body
+
+
 class _Ids:
     def __init__(self) -> None:
         self._prefix = os.urandom(4).hex()
@@ -168,6 +177,11 @@ class SyncClient:
     def cancel(self, task_id: str) -> TaskInfo:
         return TaskInfo.model_validate(self.request(m.CANCEL, {"task_id": task_id}))
 
+    def tasks(self, state: str | None = None, operation: str | None = None, limit: int = 100) -> list[TaskInfo]:
+        """Known tasks, newest first, optionally filtered by state and operation."""
+        reply = self.request(m.LIST, list_body(state, operation, limit))
+        return [TaskInfo.model_validate(t) for t in reply["tasks"]]
+
     # ---- admin ---------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -178,6 +192,17 @@ class SyncClient:
 
     def collectors(self) -> list[CollectorInfo]:
         return [CollectorInfo.model_validate(c) for c in self.request(m.COLLECTORS, {})["collectors"]]
+
+    def strategy(self, name: str | None = None) -> str:
+        """The routing strategy in use; with ``name``, switch to it first."""
+        return str(self.request(m.STRATEGY, {"name": name} if name else {})["strategy"])
+
+    def drain(self, collector_id: str) -> CollectorInfo:
+        """Stop routing new work to a collector (running attempts finish)."""
+        return CollectorInfo.model_validate(self.request(m.ADMIN_DRAIN, {"collector_id": collector_id}))
+
+    def undrain(self, collector_id: str) -> CollectorInfo:
+        return CollectorInfo.model_validate(self.request(m.ADMIN_UNDRAIN, {"collector_id": collector_id}))
 
     # ---- events --------------------------------------------------------
 
@@ -316,6 +341,13 @@ class Client:
 
     async def cancel(self, task_id: str) -> TaskInfo:
         return TaskInfo.model_validate(await self.request(m.CANCEL, {"task_id": task_id}))
+
+    async def tasks(self, state: str | None = None, operation: str | None = None, limit: int = 100) -> list[TaskInfo]:
+        reply = await self.request(m.LIST, list_body(state, operation, limit))
+        return [TaskInfo.model_validate(t) for t in reply["tasks"]]
+
+    async def strategy(self, name: str | None = None) -> str:
+        return str((await self.request(m.STRATEGY, {"name": name} if name else {}))["strategy"])
 
     async def status(self) -> dict[str, Any]:
         return await self.request(m.STATUS, {})

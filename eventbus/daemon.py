@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             broker.close()
-            snap = service.distributor.snapshot()
+            snap = service.distributor.snapshot(time.time())
             log.info(
                 "eventbusd stopped: %d tasks submitted, %d succeeded, %d failed, %d queued, %d bad frames",
                 snap["tasks_submitted"],

@@ -10,16 +10,20 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distributor.models import Segment, TaskId, TaskResult
+from distributor.models import Segment, TaskId, TaskResult, TaskState
 from eventbus.errors import InvalidRequest
 
 # request topics (client -> daemon)
 SUBMIT = "control.task.submit"
 GET = "control.task.get"
 CANCEL = "control.task.cancel"
+LIST = "control.task.list"
 STATUS = "control.admin.status"
 COLLECTORS = "control.admin.collectors"
 STATS = "control.admin.stats"
+STRATEGY = "control.admin.strategy"
+ADMIN_DRAIN = "control.admin.drain"
+ADMIN_UNDRAIN = "control.admin.undrain"
 SUBSCRIBE = "control.subscribe"
 UNSUBSCRIBE = "control.unsubscribe"
 # collector -> daemon
@@ -45,6 +49,16 @@ class GetBody(_Body):
 
 class TaskIdBody(_Body):
     task_id: TaskId
+
+
+class ListBody(_Body):
+    state: TaskState | None = None
+    operation: Segment | None = None
+    limit: int = Field(default=100, ge=1, le=10_000)
+
+
+class StrategyBody(_Body):
+    name: str | None = None
 
 
 class CollectorIdBody(_Body):

@@ -10,6 +10,7 @@ bytes)`` callable, so tests can drive it without ZeroMQ.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from distributor import (
     TaskRequest,
     make_strategy,
 )
+from distributor.strategies import STRATEGIES
 from eventbus import messages as m
 from eventbus._version import __version__
 from eventbus.errors import EventBusError, Forbidden, InvalidRequest, ProtocolError, UnknownVerb
@@ -75,6 +77,10 @@ class Service:
             m.SUBMIT: self._submit,
             m.GET: self._get,
             m.CANCEL: self._cancel,
+            m.LIST: self._list,
+            m.STRATEGY: self._strategy,
+            m.ADMIN_DRAIN: self._drain_collector,
+            m.ADMIN_UNDRAIN: self._undrain_collector,
             m.STATUS: self._status,
             m.COLLECTORS: self._collectors,
             m.STATS: self._stats,
@@ -237,8 +243,20 @@ class Service:
         self.perform(self.distributor.cancel(body.task_id, self._clock()))
         return self.distributor.get(body.task_id).model_dump()
 
+    def _list(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.ListBody, env.body)
+        found = itertools.islice(self.distributor.tasks(body.state, body.operation), body.limit)
+        return {"tasks": [info.model_dump() for info in found]}
+
+    def _strategy(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.StrategyBody, env.body)
+        if body.name is not None and body.name != self.distributor.strategy.name:
+            self.distributor.set_strategy(make_strategy(body.name))
+            log.info("routing strategy is now %s", body.name)
+        return {"strategy": self.distributor.strategy.name, "strategies": sorted(STRATEGIES)}
+
     def _status(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        snap = self.distributor.snapshot()
+        snap = self.distributor.snapshot(self._clock())
         return {
             "version": __version__,
             "uptime_s": self._clock() - self.started_at,
@@ -252,10 +270,10 @@ class Service:
         }
 
     def _collectors(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        return {"collectors": [c.model_dump() for c in self.distributor.collectors()]}
+        return {"collectors": [c.model_dump() for c in self.distributor.collectors(self._clock())]}
 
     def _stats(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        snap = self.distributor.snapshot()
+        snap = self.distributor.snapshot(self._clock())
         snap["bad_frames"] = self.bad_frames
         snap["subscribers"] = len(self.subscriptions)
         return snap
@@ -304,7 +322,15 @@ class Service:
     def _drain_collector(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.CollectorIdBody, env.body)
         self.perform(self.distributor.drain(body.collector_id, self._clock()))
-        return {"collector_id": body.collector_id}
+        return self._collector_info(body.collector_id)
+
+    def _undrain_collector(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        body = m.parse(m.CollectorIdBody, env.body)
+        self.perform(self.distributor.undrain(body.collector_id, self._clock()))
+        return self._collector_info(body.collector_id)
+
+    def _collector_info(self, collector_id: str) -> dict[str, Any]:
+        return self.distributor.registry.get(collector_id).info(self._clock()).model_dump()
 
     def _heartbeat(self, identity: bytes, env: Envelope, collector_id: str) -> dict[str, Any]:
         m.parse(m.HeartbeatBody, env.body)

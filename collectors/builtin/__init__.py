@@ -2,4 +2,5 @@
 
 BUILTINS = {
     "demo": "collectors.builtin.demo:DemoCollector",
+    "skilled": "collectors.builtin.skilled:SkilledCollector",
 }

@@ -37,7 +37,7 @@ def test_an_unknown_target_exits_2_naming_what_was_tried(bare_bus: Bus) -> None:
         [command("eventbus-collector"), "run", "nosuch"], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 2
-    assert "built-ins (demo)" in out.stderr and "eventbus.collectors" in out.stderr
+    assert "built-ins (demo, skilled)" in out.stderr and "eventbus.collectors" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -1,0 +1,58 @@
+"""The distributor's record of one task (internal; the public view is :class:`TaskInfo`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from distributor.constraints import Constraint
+from distributor.models import ErrorInfo, TaskInfo, TaskRequest, TaskResult, TaskState
+
+IN_FLIGHT = (TaskState.DISPATCHED, TaskState.RUNNING)
+
+
+@dataclass(slots=True, eq=False)
+class TaskRecord:
+    """Mutable state of a task, owned by the TaskDistributor."""
+
+    request: TaskRequest
+    task_id: str
+    created_at: float
+    constraints: tuple[Constraint, ...] = ()
+    state: TaskState = TaskState.QUEUED
+    attempt: int = 0  # number of the latest attempt dispatched: the fencing token
+    retries: int = 0  # failed attempts counted against max_retries
+    collector_id: str | None = None
+    queued_at: float | None = None
+    dispatched_at: float | None = None
+    finished_at: float | None = None
+    result: TaskResult | None = None
+    error: ErrorInfo | None = None
+    #: collectors on which an attempt failed: a retry goes elsewhere when it can
+    failed_on: set[str] = field(default_factory=set)
+    #: parents that have not succeeded yet (the task is pending while non-empty)
+    waiting_on: set[str] = field(default_factory=set)
+    #: tasks that wait on this one
+    children: list[str] = field(default_factory=list)
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state in IN_FLIGHT
+
+    def info(self) -> TaskInfo:
+        return TaskInfo(
+            task_id=self.task_id,
+            operation=self.request.operation,
+            priority=self.request.priority,
+            state=self.state,
+            attempt=self.attempt,
+            retries=self.retries,
+            collector_id=self.collector_id,
+            created_at=self.created_at,
+            queued_at=self.queued_at,
+            dispatched_at=self.dispatched_at,
+            finished_at=self.finished_at,
+            result=self.result,
+            error=self.error,
+            constraints=list(self.request.constraints),
+            depends_on=list(self.request.depends_on),
+        )

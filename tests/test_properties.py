@@ -1,0 +1,233 @@
+"""Model-based tests: the queue against a sorted list, the task state machine against its invariants."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from distributor import (
+    Action,
+    CollectorCapability,
+    CollectorStatus,
+    Dispatch,
+    DistributorConfig,
+    ErrorInfo,
+    Finished,
+    QueueFull,
+    TaskDistributor,
+    TaskQueue,
+    TaskRequest,
+    TaskResult,
+    TaskState,
+    UnknownCollector,
+)
+from distributor.constraints import parse_constraints, satisfied
+
+OPS = ("a", "b", "c")
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """TaskQueue agrees with a plain list kept sorted by (-priority, arrival)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = TaskQueue(max_size=50)
+        self.model: dict[str, list[tuple[int, int, str]]] = {op: [] for op in OPS}
+        self.n = 0
+
+    @rule(op=st.sampled_from(OPS), priority=st.integers(1, 10))
+    def push(self, op: str, priority: int) -> None:
+        self.n += 1
+        tid = f"t{self.n}"
+        try:
+            self.queue.push(tid, op, priority)
+        except QueueFull:
+            assert sum(len(v) for v in self.model.values()) == 50
+            return
+        self.model[op].append((-priority, self.n, tid))
+        self.model[op].sort()
+
+    @rule(op=st.sampled_from(OPS), data=st.data())
+    def remove(self, op: str, data: st.DataObject) -> None:
+        if self.model[op]:
+            entry = data.draw(st.sampled_from(self.model[op]))
+            assert self.queue.remove(entry[2])
+            self.model[op].remove(entry)
+
+    @rule(op=st.sampled_from(OPS))
+    def pop_first(self, op: str) -> None:
+        first = next(self.queue.candidates(op, 1), None)
+        if not self.model[op]:
+            assert first is None
+            return
+        expected = self.model[op].pop(0)
+        assert first == (-expected[0], expected[2])
+        self.queue.pop(expected[2])
+
+    @invariant()
+    def sizes_agree(self) -> None:
+        assert len(self.queue) == sum(len(v) for v in self.model.values())
+        for op in OPS:
+            assert self.queue.depth(op) == len(self.model[op])
+            live = [tid for _, tid in self.queue.candidates(op, 100)]
+            by_priority = sorted(self.model[op])
+            assert sorted(live) == sorted(t for _, _, t in by_priority)
+
+
+TestQueue = QueueMachine.TestCase
+TestQueue.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
+
+
+class DistributorMachine(RuleBasedStateMachine):
+    """Any interleaving of events keeps the distributor's promises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = DistributorConfig(max_queue_size=40, max_retries=2, heartbeat_timeout_s=10)
+        self.dist = TaskDistributor(cfg, rng=random.Random(0))
+        self.now = 0.0
+        self.submitted: list[str] = []
+        self.finished: Counter[str] = Counter()
+        self.in_flight: dict[tuple[str, int], Dispatch] = {}
+        self.n = 0
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Finished):
+                self.finished[action.task_id] += 1
+            elif isinstance(action, Dispatch):
+                self.check_eligible(action)
+                self.in_flight[(action.task.task_id or "", action.attempt)] = action
+
+    def check_eligible(self, d: Dispatch) -> None:
+        state = self.dist.registry.get(d.collector_id)
+        cap = state.capability
+        assert d.task.operation in cap.supported_operations
+        assert d.task.priority in cap.priority_levels
+        assert satisfied(parse_constraints(d.task.constraints), cap.attributes)
+        assert state.status is CollectorStatus.AVAILABLE
+        assert state.current_tasks <= cap.max_concurrent_tasks
+
+    @rule(
+        cid=st.sampled_from(["c1", "c2", "c3"]),
+        ops=st.lists(st.sampled_from(OPS), min_size=1, max_size=3, unique=True),
+        slots=st.integers(1, 3),
+        skill=st.integers(1, 9),
+        low_only=st.booleans(),
+    )
+    def register(self, cid: str, ops: list[str], slots: int, skill: int, low_only: bool) -> None:
+        cap = CollectorCapability(
+            collector_id=cid,
+            collector_type="t",
+            supported_operations=ops,
+            max_concurrent_tasks=slots,
+            priority_levels=[1, 2, 3, 4, 5] if low_only else list(range(1, 11)),
+            attributes={"skill": skill},
+        )
+        self.apply(self.dist.register(cap, self.now))
+
+    @rule(cid=st.sampled_from(["c1", "c2", "c3"]))
+    def deregister(self, cid: str) -> None:
+        try:
+            self.apply(self.dist.deregister(cid, self.now))
+        except UnknownCollector:
+            assert self.dist.registry.find(cid) is None
+
+    @rule(cid=st.sampled_from(["c1", "c2", "c3"]), drain=st.booleans())
+    def drain(self, cid: str, drain: bool) -> None:
+        if self.dist.registry.find(cid) is not None:
+            fn = self.dist.drain if drain else self.dist.undrain
+            self.apply(fn(cid, self.now))
+
+    @rule(
+        op=st.sampled_from(OPS),
+        priority=st.integers(1, 10),
+        skill=st.none() | st.integers(1, 9),
+        timeout_ms=st.sampled_from([500, 5000, 60000]),
+        deadline_in=st.none() | st.floats(0.5, 30),
+        after=st.booleans(),
+    )
+    def submit(
+        self, op: str, priority: int, skill: int | None, timeout_ms: int, deadline_in: float | None, after: bool
+    ) -> None:
+        self.n += 1
+        request = TaskRequest(
+            task_id=f"t{self.n}",
+            operation=op,
+            priority=priority,
+            timeout_ms=timeout_ms,
+            constraints=[f"skill>={skill}"] if skill else [],
+            deadline=None if deadline_in is None else self.now + deadline_in,
+            depends_on=[self.submitted[-1]] if after and self.submitted else [],
+        )
+        try:
+            tid, actions = self.dist.submit(request, self.now)
+        except QueueFull:
+            return
+        self.submitted.append(tid)
+        self.apply(actions)
+
+    @precondition(lambda self: bool(self.in_flight))
+    @rule(data=st.data(), success=st.booleans(), late=st.booleans())
+    def report(self, data: st.DataObject, success: bool, late: bool) -> None:
+        key = data.draw(st.sampled_from(sorted(self.in_flight)))
+        d = self.in_flight[key] if late else self.in_flight.pop(key)
+        result = TaskResult(
+            task_id=key[0],
+            attempt=key[1],
+            collector_id=d.collector_id,
+            success=success,
+            error=None if success else ErrorInfo(type="E", message="x"),
+        )
+        before = self.dist.get(key[0]) if key[0] in self.dist._tasks else None
+        self.apply(self.dist.complete(result, self.now))
+        if before is not None and before.state.terminal:
+            assert self.dist.get(key[0]) == before  # a final task never changes
+
+    @precondition(lambda self: bool(self.submitted))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        tid = data.draw(st.sampled_from(self.submitted))
+        if not self.dist.get(tid).state.terminal:
+            self.apply(self.dist.cancel(tid, self.now))
+
+    @rule(dt=st.floats(0.01, 15), beat=st.booleans())
+    def advance(self, dt: float, beat: bool) -> None:
+        self.now += dt
+        if beat:
+            for c in self.dist.registry:
+                self.apply(self.dist.heartbeat(c.collector_id, self.now))
+        self.apply(self.dist.tick(self.now))
+
+    @invariant()
+    def each_task_is_finished_at_most_once_and_final_ones_exactly_once(self) -> None:
+        assert all(n == 1 for n in self.finished.values())
+        for tid in self.submitted:
+            info = self.dist.get(tid)
+            assert (self.finished[tid] == 1) == info.state.terminal
+
+    @invariant()
+    def no_task_is_lost_and_capacity_holds(self) -> None:
+        on_collectors: dict[str, str] = {}
+        for c in self.dist.registry:
+            # (a collector re-registering with fewer slots may briefly run more than
+            # its new maximum; no dispatch ever exceeds it: see check_eligible)
+            assert c.current_tasks == len(c.attempts)
+            for tid in c.attempts:
+                on_collectors[tid] = c.collector_id
+        for tid in self.submitted:
+            info = self.dist.get(tid)
+            if info.state in (TaskState.DISPATCHED, TaskState.RUNNING):
+                assert on_collectors.get(tid) == info.collector_id
+            elif info.state is TaskState.QUEUED:
+                assert tid in self.dist.queue
+            else:
+                assert tid not in self.dist.queue and tid not in on_collectors
+
+
+TestDistributor = DistributorMachine.TestCase
+TestDistributor.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
