@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: attempts to deliver a result before giving up on it (the daemon then times the attempt out)
 RESULT_DELIVERY_TRIES = 5
+#: how long a cancelled sync operation is waited for before its slot is given up
+SYNC_CANCEL_WAIT_S = 30.0
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class CollectorRuntime:
         self._ops = type(collector).operations()
         self._running: dict[tuple[str, int], _Running] = {}
         self._accepting = True
+        self._abandoning = False  # grace period over: cut attempts are not reported (they are requeued)
         self._heartbeat_interval = 5.0
         self._client: Client | None = None
         self._stop: asyncio.Event | None = None
@@ -76,13 +79,20 @@ class CollectorRuntime:
             self._socket, identity=self.collector_id, on_publish=self._on_publish, timeout=self._timeout
         )
         await self._client.connect()
+        heartbeat: asyncio.Task[None] | None = None
         try:
             await self._register_until_done(stop)
-            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(stop))
+            if stop.is_set():
+                return
+            # heartbeats go on while draining, or a long drain would look like death
+            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
             await stop.wait()
-            heartbeat.cancel()
             await self._drain_and_leave()
         finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
             await self._client.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -106,13 +116,10 @@ class CollectorRuntime:
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 30.0)
 
-    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+    async def _heartbeat_loop(self) -> None:
         assert self._client is not None
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._heartbeat_interval)
-            if stop.is_set():
-                return
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
             try:
                 await self._client.request(
                     f"{m.HEARTBEAT_PREFIX}.{self.collector_id}", {"current_tasks": len(self._running)}
@@ -123,6 +130,8 @@ class CollectorRuntime:
                     await self._register()
             except RequestTimeout:
                 log.warning("collector_id=%s: heartbeat not answered", self.collector_id)
+            except EventBusError as exc:
+                log.error("collector_id=%s: heartbeat refused: %s", self.collector_id, exc)
 
     async def _drain_and_leave(self) -> None:
         assert self._client is not None
@@ -134,9 +143,16 @@ class CollectorRuntime:
                 "collector_id=%s: waiting up to %gs for %d running tasks", self.collector_id, self._grace, len(running)
             )
             _, late = await asyncio.wait(running, timeout=self._grace)
-            for task in late:
-                task.cancel()
             if late:
+                log.warning(
+                    "collector_id=%s: %d tasks still running after %gs; they are cut and redelivered",
+                    self.collector_id,
+                    len(late),
+                    self._grace,
+                )
+                self._abandoning = True
+                for task in late:
+                    task.cancel()
                 await asyncio.wait(late, timeout=5)
         if self._background:
             await asyncio.wait(self._background, timeout=self._timeout)
@@ -180,6 +196,11 @@ class CollectorRuntime:
             log.error("collector_id=%s: malformed dispatch ignored: %s", self.collector_id, exc)
             return
         task_id = request.task_id or ""
+        if not self._accepting:  # crossed our drain request: hand it back without using a retry
+            assert self._client is not None
+            rejected = {"event": "rejected", "task_id": task_id, "attempt": dispatch.attempt}
+            self._client.notify(f"{m.RESULT_PREFIX}.{self.collector_id}", rejected)
+            return
         ctx = TaskContext(task_id, dispatch.attempt, dispatch.deadline, self.collector_id)
         loop = asyncio.get_running_loop()
         loop_thread = threading.get_ident()
@@ -191,8 +212,11 @@ class CollectorRuntime:
                 loop.call_soon_threadsafe(self._progress, ctx, fraction, message)
 
         ctx._progress = progress
+        key = (task_id, dispatch.attempt)
         task = loop.create_task(self._execute(request, ctx))
-        self._running[(task_id, dispatch.attempt)] = _Running(task, ctx)
+        self._running[key] = _Running(task, ctx)
+        # a done-callback, not a finally: a task cancelled before it starts never runs its body
+        task.add_done_callback(lambda _: self._running.pop(key, None))
 
     def _cancel(self, body: dict[str, Any]) -> None:
         running = self._running.get((str(body.get("task_id")), int(body.get("attempt", 0))))
@@ -225,17 +249,15 @@ class CollectorRuntime:
             value = await self._call(request, ctx)
             result = self._result(ctx, started, True, value=value)
         except asyncio.CancelledError:
+            if self._abandoning:
+                return  # deregistering requeues it without using a retry
             result = self._result(ctx, started, False, error=ErrorInfo(type="Cancelled", message="attempt cancelled"))
         except Exception as exc:
             result = self._result(ctx, started, False, error=ErrorInfo(type=type(exc).__name__, message=str(exc)))
-        finally:
-            self._running.pop((ctx.task_id, ctx.attempt), None)
         await self._report(result)
 
     async def _call(self, request: TaskRequest, ctx: TaskContext) -> Any:
         found = self._ops.get(request.operation)
-        if not self._accepting:
-            raise RuntimeError(f"collector {self.collector_id} is shutting down")
         if found is None:
             raise LookupError(f"operation {request.operation!r} is not supported by {self.collector_id}")
         attr, spec = found
@@ -243,7 +265,18 @@ class CollectorRuntime:
         args = _arguments(spec, request.payload, ctx)
         if spec.is_async:
             return await method(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(method, *args))
+        done = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(method, *args))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # a thread cannot be interrupted: the slot stays taken until the
+            # operation notices ctx.cancelled and returns
+            ctx.cancelled.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(done), SYNC_CANCEL_WAIT_S)
+            if not done.done():
+                log.warning("task_id=%s: sync operation ignores cancellation; still running", ctx.task_id)
+            raise
 
     def _result(self, ctx: TaskContext, started: float, success: bool, **fields: Any) -> TaskResult:
         finished = time.time()

@@ -53,7 +53,8 @@ class CollectorStatus(enum.StrEnum):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or infinite times would break timer ordering: rejected everywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CollectorCapability(_Record):

@@ -1,37 +1,46 @@
-"""Per-operation priority queues: higher priority first, FIFO within a priority."""
+"""Per-operation priority queues: higher priority first, FIFO within a priority.
+
+Within a priority, tasks are kept in one FIFO per *shape* (their
+constraints): tasks of one shape are interchangeable for routing, so only
+each shape's oldest task needs to be considered, and a shape that no
+collector can take right now never hides an older or newer task of another
+shape behind it.
+"""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 
 from distributor.errors import QueueFull
 from distributor.models import PRIORITY_MAX, PRIORITY_MIN
+
+Shape = Hashable
+_Entry = tuple[str, int]  # (task_id, seq)
 
 
 class _OperationQueue:
     __slots__ = ("levels", "size")
 
     def __init__(self) -> None:
-        # index 0 unused so a priority is its own index
-        self.levels: list[deque[tuple[str, int]]] = [deque() for _ in range(PRIORITY_MAX + 1)]
+        # index 0 unused so a priority is its own index; shape -> FIFO
+        self.levels: list[dict[Shape, deque[_Entry]]] = [{} for _ in range(PRIORITY_MAX + 1)]
         self.size = 0
 
 
 class TaskQueue:
-    """Queued task ids, one priority queue per operation.
+    """Queued task ids, one priority queue per operation, FIFO per priority and shape.
 
-    One operation's backlog never delays another's: callers pop per
-    operation. Removal (cancel, expiry) is O(1): the id is forgotten and its
-    slot skipped lazily when it reaches the head.
+    Removal (cancel, expiry) is O(1): the id is forgotten and its entry
+    skipped when it reaches the head of its FIFO.
     """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._queues: dict[str, _OperationQueue] = {}
-        # task_id -> (operation, priority, entry seq); the seq tells a live
+        # task_id -> (operation, priority, shape, seq); the seq tells a live
         # entry from a stale one left behind by remove()
-        self._where: dict[str, tuple[str, int, int]] = {}
+        self._where: dict[str, tuple[str, int, Shape, int]] = {}
         self._seq = 0
 
     def __len__(self) -> int:
@@ -40,7 +49,16 @@ class TaskQueue:
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._where
 
-    def push(self, task_id: str, operation: str, priority: int, *, front: bool = False, admit: bool = True) -> None:
+    def push(
+        self,
+        task_id: str,
+        operation: str,
+        priority: int,
+        *,
+        shape: Shape = (),
+        front: bool = False,
+        admit: bool = True,
+    ) -> None:
         """Queue a task; ``front`` puts it ahead of its priority (redelivery keeps its place).
 
         With ``admit`` (a new submission) raises :class:`QueueFull` past
@@ -56,14 +74,18 @@ class TaskQueue:
         q = self._queues.get(operation)
         if q is None:
             q = self._queues[operation] = _OperationQueue()
+        fifo = q.levels[priority].get(shape)
+        if fifo is None:
+            fifo = q.levels[priority][shape] = deque()
+        # redelivered tasks go ahead of everything queued since: a negative seq
         self._seq += 1
-        entry = (task_id, self._seq)
+        seq = -self._seq if front else self._seq
         if front:
-            q.levels[priority].appendleft(entry)
+            fifo.appendleft((task_id, seq))
         else:
-            q.levels[priority].append(entry)
+            fifo.append((task_id, seq))
         q.size += 1
-        self._where[task_id] = (operation, priority, self._seq)
+        self._where[task_id] = (operation, priority, shape, seq)
 
     def remove(self, task_id: str) -> bool:
         """Forget a queued task; returns False when it was not queued."""
@@ -80,36 +102,43 @@ class TaskQueue:
     def depths(self) -> dict[str, int]:
         return {op: q.size for op, q in self._queues.items() if q.size}
 
-    def operations(self) -> list[str]:
-        """Operations that have at least one queued task."""
-        return [op for op, q in self._queues.items() if q.size]
-
-    def candidates(self, operation: str, per_level: int) -> Iterator[tuple[int, str]]:
-        """(priority, task_id) of up to ``per_level`` live tasks of each priority, highest first, FIFO.
+    def candidates(self, operation: str) -> Iterator[tuple[int, str]]:
+        """(priority, task_id) of the oldest task of each shape, highest priority first, oldest first.
 
         The caller may :meth:`pop` the task it was handed, but must then stop iterating.
         """
         q = self._queues.get(operation)
         if q is None or not q.size:
             return
-        where = self._where
         for priority in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1):
             level = q.levels[priority]
-            while level and where.get(level[0][0]) != (operation, priority, level[0][1]):
-                level.popleft()  # stale entry of a removed task
-            taken = 0
-            for task_id, seq in level:
-                if where.get(task_id) == (operation, priority, seq):
-                    yield priority, task_id
-                    taken += 1
-                    if taken >= per_level:
-                        break
+            if not level:
+                continue
+            heads = []
+            for shape in list(level):
+                head = self._head(operation, priority, shape, level[shape])
+                if head is None:
+                    del level[shape]
+                else:
+                    heads.append(head)
+            heads.sort(key=lambda entry: entry[1])
+            for task_id, _ in heads:
+                yield priority, task_id
+
+    def _head(self, operation: str, priority: int, shape: Shape, fifo: deque[_Entry]) -> _Entry | None:
+        where = self._where
+        while fifo:
+            task_id, seq = fifo[0]
+            if where.get(task_id) == (operation, priority, shape, seq):
+                return fifo[0]
+            fifo.popleft()  # stale entry of a removed task
+        return None
 
     def pop(self, task_id: str) -> None:
-        """Take a task returned by :meth:`candidates` off the queue."""
-        operation, priority, seq = self._where.pop(task_id)
+        """Take a task handed out by :meth:`candidates` (the head of its FIFO) off the queue."""
+        operation, priority, shape, seq = self._where.pop(task_id)
         q = self._queues[operation]
-        level = q.levels[priority]
-        if level and level[0] == (task_id, seq):
-            level.popleft()
+        fifo = q.levels[priority][shape]
+        if fifo and fifo[0] == (task_id, seq):
+            fifo.popleft()
         q.size -= 1

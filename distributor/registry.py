@@ -25,6 +25,10 @@ class CollectorState:
     registered_at: float
     order: int  # registration order, unique: the final tie-breaker everywhere
     status: CollectorStatus = CollectorStatus.AVAILABLE
+    #: drained by request; kept apart from health so recovering from
+    #: unhealthy restores "draining", not "available"
+    drained: bool = False
+    unhealthy_since: float | None = None
     current_tasks: int = 0
     tasks_completed: int = 0
     tasks_failed: int = 0

@@ -17,6 +17,7 @@ class TaskRecord:
     request: TaskRequest
     task_id: str
     created_at: float
+    serial: int  # unique per record: timers of a forgotten task with the same id never match
     constraints: tuple[Constraint, ...] = ()
     state: TaskState = TaskState.QUEUED
     attempt: int = 0  # number of the latest attempt dispatched: the fencing token

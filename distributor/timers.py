@@ -14,16 +14,23 @@ class TimerKind(enum.IntEnum):
     DEADLINE = 2
     RETRY = 3
     HEARTBEAT_CHECK = 4
+    FORGET_COLLECTOR = 5
 
 
 @dataclass(order=True, slots=True, frozen=True)
 class Timer:
-    """Due at ``when`` for ``key`` (a task or collector id); ``token`` tells stale ones apart."""
+    """Due at ``when`` for ``key`` (a task or collector id).
+
+    ``serial`` names the record (a task id may be reused after its record was
+    forgotten) and ``token`` the attempt; the owner ignores timers whose
+    serial or token no longer match.
+    """
 
     when: float
     seq: int
     kind: TimerKind = field(compare=False)
     key: str = field(compare=False)
+    serial: int = field(compare=False)
     token: int = field(compare=False)
 
 
@@ -37,9 +44,9 @@ class TimerHeap:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, when: float, kind: TimerKind, key: str, token: int = 0) -> None:
+    def add(self, when: float, kind: TimerKind, key: str, serial: int, token: int = 0) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, Timer(when, self._seq, kind, key, token))
+        heapq.heappush(self._heap, Timer(when, self._seq, kind, key, serial, token))
 
     def pop_due(self, now: float) -> Timer | None:
         """The earliest timer due at or before ``now``, removed; None when none is due."""

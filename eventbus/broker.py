@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 #: frames handled per callback before yielding to timers and other callbacks
 BATCH = 512
-#: retry interval for peers whose ZeroMQ pipe was full
+#: first and longest retry interval for peers whose ZeroMQ pipe was full
 FLUSH_RETRY_S = 0.002
+FLUSH_RETRY_MAX_S = 0.1
 
 OnMessage = Callable[[bytes, list[bytes]], None]
 
@@ -59,6 +60,7 @@ class Broker:
         self._queues: dict[bytes, deque[bytes]] = {}
         self._read_scheduled = False
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_delay = FLUSH_RETRY_S
         self.received = 0
         self.sent = 0
         self.dropped = 0
@@ -93,17 +95,21 @@ class Broker:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
         old_umask = os.umask(0o117)  # the socket is born 0660, never world-accessible
         try:
-            if self.path.exists() or self.path.is_symlink():
+            if self.path.is_socket() or self.path.is_symlink():
                 self.path.unlink()  # stale socket of a dead daemon: we hold the lock
+            elif self.path.exists():
+                raise ConfigError(f"{self.path} exists and is not a socket; not replacing it")
             sock.bind(endpoint(self.path))
-        except zmq.ZMQError as exc:
+            os.chmod(self.path, 0o660)
+        except (zmq.ZMQError, OSError, ConfigError) as exc:
             sock.close(linger=0)
             ctx.term()
             self._release_lock()
-            raise ConfigError(f"cannot bind {self.path}: {exc.strerror}") from exc
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"cannot bind {self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o660)
         self._ctx, self._sock, self._loop = ctx, sock, loop
         loop.add_reader(self._fd(sock), self._on_readable)
         self._schedule_read()  # frames may already be waiting: the FD only signals edges
@@ -141,11 +147,16 @@ class Broker:
             raise ConfigError(f"socket directory {directory} is not a directory")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise ConfigError(f"socket directory {directory} is not writable")
+        st = directory.stat()
+        if st.st_uid not in (os.getuid(), 0):
+            raise ConfigError(f"socket directory {directory} belongs to uid {st.st_uid}, not to us")
+        if st.st_mode & 0o002 and not st.st_mode & 0o1000:
+            raise ConfigError(f"socket directory {directory} is world-writable without the sticky bit")
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot open lock file {lock_path}: {exc.strerror}") from exc
         try:
@@ -182,9 +193,12 @@ class Broker:
                 self._on_message(frames[0], frames[1:])
             except Exception:  # a handler bug must not take the daemon down
                 log.exception("error handling a message from peer %r", frames[0])
-        if self._queues:
-            self._flush()
-        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        self._recheck()
+
+    def _recheck(self) -> None:
+        """Schedule a read if frames wait: any send or receive may have consumed the FD's edge."""
+        sock = self._sock
+        if sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self._schedule_read()
 
     # ---- sending -------------------------------------------------------
@@ -213,8 +227,9 @@ class Broker:
                 raise
             self._peer_gone(identity)
             return False
+        finally:
+            self._recheck()
         self.sent += 1
-        self._schedule_read()  # sending may have consumed the FD's edge
         return True
 
     def _peer_gone(self, identity: bytes) -> None:
@@ -225,31 +240,40 @@ class Broker:
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_later(FLUSH_RETRY_S, self._flush)
+            self._flush_handle = self._loop.call_later(self._flush_delay, self._flush)
 
     def _flush(self) -> None:
+        """Retry queued sends; runs only from its timer, backing off while no peer makes progress."""
         self._flush_handle = None
         sock = self._sock
         if sock is None:
             return
-        for identity in list(self._queues):
-            queue = self._queues[identity]
-            try:
-                while queue:
-                    sock.send_multipart((identity, queue[0]), zmq.NOBLOCK)
-                    queue.popleft()
-                    self.sent += 1
-            except zmq.Again:
-                continue
-            except zmq.ZMQError as exc:
-                if exc.errno != errno.EHOSTUNREACH:
-                    raise
-                self._peer_gone(identity)
-                continue
-            del self._queues[identity]
+        sent_before = self.sent
+        try:
+            for identity in list(self._queues):
+                self._flush_peer(sock, identity)
+        finally:
+            self._recheck()
+        progressed = self.sent > sent_before
+        self._flush_delay = FLUSH_RETRY_S if progressed else min(self._flush_delay * 2, FLUSH_RETRY_MAX_S)
         if self._queues:
             self._schedule_flush()
-        self._schedule_read()
+
+    def _flush_peer(self, sock: zmq.Socket[bytes], identity: bytes) -> None:
+        queue = self._queues[identity]
+        try:
+            while queue:
+                sock.send_multipart((identity, queue[0]), zmq.NOBLOCK)
+                queue.popleft()
+                self.sent += 1
+        except zmq.Again:
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._peer_gone(identity)
+            return
+        del self._queues[identity]
 
     def queued(self) -> int:
         """Messages waiting in per-peer queues."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import socket as _socket
 import time
@@ -27,6 +28,9 @@ from eventbus.paths import endpoint, resolve_socket_path
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE, Envelope, Kind, decode, encode
 
 OnPublish = Callable[[str, dict[str, Any]], None]
+log = logging.getLogger(__name__)
+#: a wait is split into server-side waits of at most this long
+WAIT_CHUNK_S = 60.0
 
 
 def probe(path: Path) -> None:
@@ -167,7 +171,7 @@ class SyncClient:
         """Block until the task is final; :class:`RequestTimeout` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            chunk = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+            chunk = WAIT_CHUNK_S if deadline is None else max(0.0, min(WAIT_CHUNK_S, deadline - time.monotonic()))
             info = self.get(task_id, wait_s=chunk)
             if info.state.terminal:
                 return info
@@ -283,19 +287,33 @@ class Client:
             self._ctx = None
 
     async def _read(self) -> None:
-        while True:
-            data = await self._sock.recv()
-            try:
-                env = decode(data, 2 * self._max)
-            except ProtocolError:
-                continue  # nothing to correlate it with
-            if env.kind is Kind.PUBLISH:
-                if self._on_publish is not None:
+        try:
+            while True:
+                self._handle(await self._sock.recv())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket failed: nobody will answer the pending requests
+            log.error("connection to %s failed: %s", self.path, exc)
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(DaemonUnreachable(f"connection to eventbusd at {self.path} failed: {exc}"))
+            self._pending.clear()
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            env = decode(data, 2 * self._max)
+        except ProtocolError:
+            return  # nothing to correlate it with
+        if env.kind is Kind.PUBLISH:
+            if self._on_publish is not None:
+                try:
                     self._on_publish(env.topic, env.body)
-                continue
-            fut = self._pending.pop(env.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(env)
+                except Exception:  # a handler bug must not stop replies from arriving
+                    log.exception("on_publish failed for %s", env.topic)
+            return
+        fut = self._pending.pop(env.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(env)
 
     async def request(self, topic: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send a request and await the reply body; the daemon's errors are raised typed."""
@@ -332,12 +350,17 @@ class Client:
         reply = await self.request(m.GET, {"task_id": task_id, "wait_s": wait_s}, timeout=(wait_s or 0) + self.timeout)
         return TaskInfo.model_validate(reply)
 
-    async def wait(self, task_id: str, timeout: float = 60.0) -> TaskInfo:
-        """Until the task is final; :class:`RequestTimeout` after ``timeout`` seconds."""
-        info = await self.get(task_id, wait_s=timeout)
-        if not info.state.terminal:
-            raise RequestTimeout(f"task {task_id} is still {info.state.value} after {timeout:g}s")
-        return info
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
+        """Until the task is final; :class:`RequestTimeout` after ``timeout`` seconds (None: no limit)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            chunk = WAIT_CHUNK_S if deadline is None else max(0.0, min(WAIT_CHUNK_S, deadline - loop.time()))
+            info = await self.get(task_id, wait_s=chunk)
+            if info.state.terminal:
+                return info
+            if deadline is not None and loop.time() >= deadline:
+                raise RequestTimeout(f"task {task_id} is still {info.state.value} after {timeout:g}s")
 
     async def cancel(self, task_id: str) -> TaskInfo:
         return TaskInfo.model_validate(await self.request(m.CANCEL, {"task_id": task_id}))

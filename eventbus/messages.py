@@ -39,7 +39,7 @@ SHUTDOWN = "control.shutdown"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GetBody(_Body):
@@ -76,7 +76,7 @@ class SubscribeBody(_Body):
 class AttemptEvent(_Body):
     """What a collector reports about an attempt on ``control.collector.result.<id>``."""
 
-    event: Literal["accepted", "progress", "result"]
+    event: Literal["accepted", "rejected", "progress", "result"]
     task_id: TaskId
     attempt: int = Field(ge=1)
     fraction: float | None = Field(default=None, ge=0, le=1)

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from distributor import (
 from distributor.strategies import STRATEGIES
 from eventbus import messages as m
 from eventbus._version import __version__
-from eventbus.errors import EventBusError, Forbidden, InvalidRequest, ProtocolError, UnknownVerb
+from eventbus.errors import EventBusError, Forbidden, InvalidRequest, ProtocolError, TooLarge, UnknownVerb
 from eventbus.settings import DaemonSettings
 from eventbus.topics import Subscriptions
 from eventbus.wire import Envelope, Kind, decode, encode, error_body
@@ -40,6 +41,9 @@ from eventbus.wire import Envelope, Kind, decode, encode, error_body
 log = logging.getLogger(__name__)
 
 Send = Callable[[bytes, bytes], bool]
+
+#: what a dispatch adds to a submitted task: defaults filled in, attempt, topic
+DISPATCH_OVERHEAD = 1024
 Handler = Callable[[bytes, Envelope, str], "dict[str, Any] | None"]
 
 
@@ -146,8 +150,7 @@ class Service:
         self._send(identity, data)
 
     def _reply_error(self, identity: bytes, env: Envelope, exc: EventBusError) -> None:
-        data = encode(Envelope(Kind.ERROR, env.id, env.topic, error_body(exc.code, exc.message)), self._max)
-        self._send(identity, data)
+        self._send(identity, encode(Envelope(Kind.ERROR, env.id, env.topic, error_body(exc.code, exc.message))))
 
     def _publish(self, identity: bytes, topic: str, body: dict[str, Any]) -> bool:
         try:
@@ -158,13 +161,17 @@ class Service:
         return self._send(identity, data)
 
     def perform(self, actions: Iterable[Action]) -> None:
-        """Carry out the distributor's actions in order."""
-        for action in actions:
+        """Carry out the distributor's actions in order (and those that carrying them out causes)."""
+        work = deque(actions)
+        while work:
+            action = work.popleft()
             if isinstance(action, Publish):
                 for peer in self.subscriptions.subscribers(action.topic):
                     self._publish(peer, action.topic, action.body)
-            elif isinstance(action, Dispatch):
-                self._dispatch(action)
+            elif isinstance(action, Dispatch) and not self._dispatch(action):
+                # undeliverable: treat the collector as dead until it heartbeats again,
+                # so its attempts are redelivered now instead of after a timeout
+                work.extend(self.distributor.suspect(action.collector_id, self._clock()))
             elif isinstance(action, Cancel):
                 self._to_collector(
                     action.collector_id,
@@ -174,17 +181,19 @@ class Service:
             elif isinstance(action, Finished):
                 self._answer_waiters(action.task_id)
 
-    def _dispatch(self, action: Dispatch) -> None:
+    def _dispatch(self, action: Dispatch) -> bool:
         topic = f"{m.TASK_PREFIX}.{action.collector_type}.{action.collector_id}"
         body = {"task": action.task.model_dump(), "attempt": action.attempt, "deadline": action.deadline}
-        if not self._to_collector(action.collector_id, topic, body):
-            log.warning(
-                "dispatch of task_id=%s attempt=%d to collector_id=%s was not delivered; "
-                "it is redelivered when the attempt times out or the collector is declared dead",
-                action.task.task_id,
-                action.attempt,
-                action.collector_id,
-            )
+        if self._to_collector(action.collector_id, topic, body):
+            return True
+        log.warning(
+            "dispatch of task_id=%s attempt=%d to collector_id=%s was not delivered; the collector is "
+            "suspended until it heartbeats again and its attempts are redelivered",
+            action.task.task_id,
+            action.attempt,
+            action.collector_id,
+        )
+        return False
 
     def _to_collector(self, collector_id: str, topic: str, body: dict[str, Any]) -> bool:
         identity = self._peers.get(collector_id)
@@ -201,6 +210,11 @@ class Service:
     # ---- client verbs --------------------------------------------------
 
     def _submit(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        if env.size + DISPATCH_OVERHEAD > self._max:
+            raise TooLarge(
+                f"a task of {env.size} bytes leaves no room for the dispatch envelope "
+                f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
+            )
         request = m.parse(TaskRequest, env.body)
         task_id, actions = self.distributor.submit(request, self._clock())
         self.perform(actions)
@@ -346,6 +360,8 @@ class Service:
         d = self.distributor
         if event.event == "accepted":
             actions = d.accepted(collector_id, event.task_id, event.attempt, now)
+        elif event.event == "rejected":
+            actions = d.reject(collector_id, event.task_id, event.attempt, now)
         elif event.event == "progress":
             actions = d.progress(collector_id, event.task_id, event.attempt, event.fraction or 0.0, event.message, now)
         else:
@@ -367,4 +383,5 @@ def _distributor_config(settings: DaemonSettings) -> DistributorConfig:
         retry_backoff_base_ms=settings.retry_backoff_base_ms,
         retry_backoff_max_ms=settings.retry_backoff_max_ms,
         max_finished_tasks=settings.max_finished_tasks,
+        forget_unhealthy_after_s=settings.forget_unhealthy_after_s,
     )

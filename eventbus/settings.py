@@ -29,7 +29,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DaemonSettings(_Settings):
@@ -51,6 +51,9 @@ class DaemonSettings(_Settings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often collectors are asked to heartbeat")
     heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="silence after which a collector is unhealthy")
     max_finished_tasks: int = Field(default=100_000, ge=1, description="finished tasks kept for queries")
+    forget_unhealthy_after_s: float = Field(
+        default=300.0, gt=0, description="an unhealthy collector silent this long is removed"
+    )
     peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
     tick_interval_s: float = Field(default=0.05, gt=0, le=5, description="timer resolution (timeouts, retries)")
 

@@ -7,6 +7,7 @@ import re
 from eventbus.errors import InvalidTopic
 
 MAX_DEPTH = 8
+MAX_LENGTH = 255
 _SEGMENT = re.compile(r"[a-z0-9_-]+\Z")
 
 
@@ -26,6 +27,8 @@ def _check(text: object, *, wildcards: bool) -> None:
     what = "pattern" if wildcards else "topic"
     if not isinstance(text, str) or not text:
         raise InvalidTopic(f"{what} must be a non-empty string")
+    if len(text) > MAX_LENGTH:
+        raise InvalidTopic(f"{what} is {len(text)} characters long (max {MAX_LENGTH})")
     segments = text.split(".")
     if len(segments) > MAX_DEPTH:
         raise InvalidTopic(f"{what} {text!r} has {len(segments)} segments (max {MAX_DEPTH})")

@@ -39,6 +39,8 @@ class Envelope:
     id: str
     topic: str
     body: dict[str, Any] = field(default_factory=dict)
+    #: size of the frame it was decoded from (0 for envelopes built locally)
+    size: int = field(default=0, compare=False)
 
 
 def encode(env: Envelope, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
@@ -88,9 +90,14 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Envelope:
     extra = set(raw) - {"v", "kind", "id", "topic", "body"}
     if extra:
         raise ProtocolError(f"unknown envelope fields: {sorted(extra)}", correlation_id=corr)
-    return Envelope(kind, corr, topic, body)  # type: ignore[arg-type]
+    return Envelope(kind, corr, topic, body, len(data))  # type: ignore[arg-type]
+
+
+MAX_ERROR_MESSAGE = 1024
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """The body of an ``error`` envelope."""
+    """The body of an ``error`` envelope (the message cut to 1 KiB so an error always fits)."""
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[: MAX_ERROR_MESSAGE - 3] + "..."
     return {"code": code, "message": message}

@@ -31,25 +31,32 @@ OPS = ("a", "b", "c")
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """TaskQueue agrees with a plain list kept sorted by (-priority, arrival)."""
+    """TaskQueue agrees with a plain list of (priority, shape, arrival) kept in order."""
 
     def __init__(self) -> None:
         super().__init__()
         self.queue = TaskQueue(max_size=50)
-        self.model: dict[str, list[tuple[int, int, str]]] = {op: [] for op in OPS}
+        self.model: dict[str, list[tuple[int, int, str, str]]] = {op: [] for op in OPS}
         self.n = 0
 
-    @rule(op=st.sampled_from(OPS), priority=st.integers(1, 10))
-    def push(self, op: str, priority: int) -> None:
+    def expected_heads(self, op: str) -> list[tuple[int, str]]:
+        """Per priority (high first): the oldest task of each shape, oldest first."""
+        heads: dict[tuple[int, str], tuple[int, int, str, str]] = {}
+        for entry in sorted(self.model[op]):
+            heads.setdefault((entry[0], entry[3]), entry)
+        ordered = sorted(heads.values())
+        return [(-e[0], e[2]) for e in ordered]
+
+    @rule(op=st.sampled_from(OPS), priority=st.integers(1, 10), shape=st.sampled_from(["", "x", "y"]))
+    def push(self, op: str, priority: int, shape: str) -> None:
         self.n += 1
         tid = f"t{self.n}"
         try:
-            self.queue.push(tid, op, priority)
+            self.queue.push(tid, op, priority, shape=shape)
         except QueueFull:
             assert sum(len(v) for v in self.model.values()) == 50
             return
-        self.model[op].append((-priority, self.n, tid))
-        self.model[op].sort()
+        self.model[op].append((-priority, self.n, tid, shape))
 
     @rule(op=st.sampled_from(OPS), data=st.data())
     def remove(self, op: str, data: st.DataObject) -> None:
@@ -58,24 +65,22 @@ class QueueMachine(RuleBasedStateMachine):
             assert self.queue.remove(entry[2])
             self.model[op].remove(entry)
 
-    @rule(op=st.sampled_from(OPS))
-    def pop_first(self, op: str) -> None:
-        first = next(self.queue.candidates(op, 1), None)
-        if not self.model[op]:
-            assert first is None
+    @rule(op=st.sampled_from(OPS), data=st.data())
+    def pop_a_head(self, op: str, data: st.DataObject) -> None:
+        heads = self.expected_heads(op)
+        if not heads:
+            assert next(self.queue.candidates(op), None) is None
             return
-        expected = self.model[op].pop(0)
-        assert first == (-expected[0], expected[2])
-        self.queue.pop(expected[2])
+        _, tid = data.draw(st.sampled_from(heads))
+        self.queue.pop(tid)
+        self.model[op] = [e for e in self.model[op] if e[2] != tid]
 
     @invariant()
-    def sizes_agree(self) -> None:
+    def queue_agrees_with_the_model(self) -> None:
         assert len(self.queue) == sum(len(v) for v in self.model.values())
         for op in OPS:
             assert self.queue.depth(op) == len(self.model[op])
-            live = [tid for _, tid in self.queue.candidates(op, 100)]
-            by_priority = sorted(self.model[op])
-            assert sorted(live) == sorted(t for _, _, t in by_priority)
+            assert list(self.queue.candidates(op)) == self.expected_heads(op)
 
 
 TestQueue = QueueMachine.TestCase

@@ -19,6 +19,7 @@ from distributor import (
     TaskRequest,
     TaskResult,
     TaskState,
+    UnknownTask,
     make_strategy,
     parse_constraint,
 )
@@ -313,3 +314,76 @@ def test_timeouts_retry_then_fail_with_the_timeout_error() -> None:
     assert info.state is TaskState.FAILED and info.error is not None and info.error.type == "Timeout"
     assert [c.reason for c in cancels] == ["timeout"] * 3
     assert info.attempt == 3
+
+
+# ---- regressions -------------------------------------------------------------
+
+
+def test_an_easy_task_is_not_stuck_behind_many_hard_ones_of_the_same_operation() -> None:
+    dist = TaskDistributor()
+    dist.register(cap("expert", skill=9), 0.0)
+    dist.register(cap("novice", slots=4, skill=1), 0.0)
+    for _ in range(40):
+        dist.submit(TaskRequest(operation="work", constraints=["skill>=8"]), 0.0)
+    easy, actions = dist.submit(TaskRequest(operation="work", constraints=["skill>=1"]), 0.0)
+    (d,) = dispatches(actions)
+    assert (d.task.task_id, d.collector_id) == (easy, "novice")
+
+
+def test_a_drained_collector_stays_drained_after_recovering_from_unhealthy() -> None:
+    dist = TaskDistributor(DistributorConfig(heartbeat_timeout_s=10))
+    dist.register(cap("a"), 0.0)
+    dist.drain("a", 1.0)
+    dist.tick(11.0)
+    (state,) = list(dist.registry)
+    assert state.status.value == "unhealthy"
+    dist.heartbeat("a", 12.0)
+    assert state.status.value == "draining"
+    assert dispatches(dist.submit(TaskRequest(operation="work"), 12.0)[1]) == []
+
+
+def test_a_rejected_attempt_is_requeued_elsewhere_without_using_a_retry() -> None:
+    dist = TaskDistributor()
+    dist.register(cap("leaving"), 0.0)
+    tid, actions = dist.submit(TaskRequest(operation="work"), 0.0)
+    (d,) = dispatches(actions)
+    dist.register(cap("staying"), 0.5)
+    (again,) = dispatches(dist.reject("leaving", tid, d.attempt, 1.0))
+    assert again.collector_id == "staying"
+    assert dist.get(tid).retries == 0
+
+
+def test_an_undeliverable_collector_is_suspended_and_its_attempts_redelivered() -> None:
+    dist = TaskDistributor()
+    dist.register(cap("gone"), 0.0)
+    tid, _ = dist.submit(TaskRequest(operation="work"), 0.0)
+    dist.register(cap("there"), 0.0)
+    (d,) = dispatches(dist.suspect("gone", 1.0))
+    assert d.collector_id == "there" and dist.get(tid).retries == 0
+
+
+def test_an_unhealthy_collector_is_forgotten_after_a_while() -> None:
+    dist = TaskDistributor(DistributorConfig(heartbeat_timeout_s=10, forget_unhealthy_after_s=100))
+    dist.register(cap("a"), 0.0)
+    dist.tick(10.0)
+    assert len(dist.registry) == 1
+    dist.tick(111.0)
+    assert len(dist.registry) == 0
+
+
+def test_timers_of_a_forgotten_task_do_not_touch_a_new_task_with_the_same_id() -> None:
+    dist = TaskDistributor(DistributorConfig(max_finished_tasks=1))
+    dist.submit(TaskRequest(operation="work", task_id="same", deadline=10.0), 0.0)
+    dist.cancel("same", 1.0)
+    other, _ = dist.submit(TaskRequest(operation="other"), 1.0)
+    dist.cancel(other, 1.5)  # history holds one finished task: "same" is forgotten
+    with pytest.raises(UnknownTask):
+        dist.get("same")
+    dist.submit(TaskRequest(operation="work", task_id="same"), 2.0)
+    dist.tick(10.0)  # the first task's deadline timer fires
+    assert dist.get("same").state is TaskState.QUEUED
+
+
+def test_non_finite_times_are_rejected() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        TaskRequest(operation="work", deadline=float("nan"))

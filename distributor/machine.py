@@ -1,0 +1,337 @@
+"""The internals of the TaskDistributor: routing, task transitions and collector liveness.
+
+:class:`TaskMachine` holds the state; :class:`~distributor.core.TaskDistributor`
+adds the public event API on top. Nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from distributor.actions import Action, Cancel, Dispatch, Finished
+from distributor.constraints import satisfied
+from distributor.errors import InvalidRequest, UnknownTask
+from distributor.events import collector_event, task_event
+from distributor.models import CollectorStatus, ErrorInfo, TaskResult, TaskState
+from distributor.queue import TaskQueue
+from distributor.registry import CapabilityRegistry, CollectorState, Pool
+from distributor.stats import Stats
+from distributor.strategies import LeastLoaded, RoutingStrategy
+from distributor.tasks import TaskRecord
+from distributor.timers import TimerHeap, TimerKind
+
+
+@dataclass(slots=True)
+class DistributorConfig:
+    """The distributor's limits; the daemon fills it from its settings."""
+
+    max_queue_size: int = 10_000
+    max_retries: int = 3
+    heartbeat_timeout_s: float = 30.0
+    retry_backoff_base_ms: float = 100.0
+    retry_backoff_max_ms: float = 30_000.0
+    max_finished_tasks: int = 100_000
+    #: an unhealthy collector silent this long is forgotten (as if it had deregistered)
+    forget_unhealthy_after_s: float = 300.0
+
+
+def _new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TaskMachine:
+    """State and transitions shared by every event of the distributor."""
+
+    def __init__(
+        self,
+        config: DistributorConfig | None = None,
+        *,
+        strategy: RoutingStrategy | None = None,
+        rng: random.Random | None = None,
+        new_task_id: Callable[[], str] = _new_task_id,
+    ) -> None:
+        self.config = config or DistributorConfig()
+        self._rng = rng or random.Random()
+        self.strategy: RoutingStrategy = strategy or LeastLoaded(self._rng)
+        self.registry = CapabilityRegistry(self.strategy.key)
+        self.queue = TaskQueue(self.config.max_queue_size)
+        self.stats = Stats()
+        self._new_task_id = new_task_id
+        self._tasks: dict[str, TaskRecord] = {}
+        self._finished: deque[str] = deque()
+        self._timers = TimerHeap()
+        self._dirty: set[str] = set()
+        self._actions: list[Action] = []
+        self._now = 0.0
+        self._pending = 0
+        self._in_flight = 0
+        self._dispatches = 0
+        self._serial = 0
+
+    # ---- routing -------------------------------------------------------
+
+    def _drain(self) -> list[Action]:
+        while self._dirty:
+            self._pump(self._dirty.pop())
+        actions, self._actions = self._actions, []
+        return actions
+
+    def _pump(self, operation: str) -> None:
+        """Dispatch queued tasks of one operation while an eligible collector has room."""
+        pool = self.registry.pool(operation)
+        while pool and self.queue.depth(operation):
+            for priority, task_id in self.queue.candidates(operation):
+                task = self._tasks[task_id]
+                state = self._choose(task, pool, priority)
+                if state is not None:
+                    self.queue.pop(task_id)
+                    self._dispatch(task, state)
+                    break
+            else:
+                return  # no queued shape fits a collector with room right now
+
+    def _choose(self, task: TaskRecord, pool: Pool, priority: int) -> CollectorState | None:
+        constraints = task.constraints
+
+        def eligible(c: CollectorState) -> bool:
+            return priority in c.priorities and (not constraints or satisfied(constraints, c.capability.attributes))
+
+        if task.failed_on:  # a retry goes to another collector when one is eligible
+            failed = task.failed_on
+            state = self.strategy.select(task.request, pool, lambda c: c.collector_id not in failed and eligible(c))
+            if state is not None:
+                return state
+        return self.strategy.select(task.request, pool, eligible)
+
+    def _dispatch(self, task: TaskRecord, state: CollectorState) -> None:
+        now = self._now
+        task.attempt += 1
+        task.state = TaskState.DISPATCHED
+        task.collector_id = state.collector_id
+        task.dispatched_at = now
+        self._dispatches += 1
+        state.last_dispatch = self._dispatches
+        state.current_tasks += 1
+        state.attempts[task.task_id] = task.attempt
+        self._in_flight += 1
+        self.registry.refresh(state)
+        request = task.request
+        timeout_at = now + request.timeout_ms / 1000.0
+        self._timers.add(timeout_at, TimerKind.ATTEMPT_TIMEOUT, task.task_id, task.serial, task.attempt)
+        self.stats.dispatched(request.operation, now - (task.queued_at or now))
+        collector_type = state.capability.collector_type
+        self._actions.append(Dispatch(state.collector_id, collector_type, request, task.attempt, request.deadline))
+        self._actions.append(task_event(task, now))
+
+    def _release(self, state: CollectorState, task: TaskRecord) -> None:
+        """The attempt of ``task`` no longer occupies a slot on ``state``."""
+        if state.attempts.pop(task.task_id, None) is not None:
+            state.current_tasks -= 1
+            self._in_flight -= 1
+            state.busy_slot_s += max(0.0, self._now - (task.dispatched_at or self._now))
+            self.registry.refresh(state)
+            self._dirty.update(state.capability.supported_operations)
+
+    # ---- task lifecycle ------------------------------------------------
+
+    def _task(self, task_id: str) -> TaskRecord:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(f"no task with id {task_id!r}")
+        return task
+
+    def _live(self, task_id: str, attempt: int, collector_id: str) -> TaskRecord | None:
+        task = self._tasks.get(task_id)
+        if task is None or not task.in_flight or task.attempt != attempt or task.collector_id != collector_id:
+            return None
+        return task
+
+    def _parents(self, task_id: str, depends_on: list[str]) -> list[TaskRecord]:
+        """The known parents of a new task; unknown ones and self-references are rejected."""
+        parents = []
+        for parent_id in dict.fromkeys(depends_on):
+            if parent_id == task_id:
+                raise InvalidRequest(f"task {task_id!r} depends on itself (a cycle)")
+            parent = self._tasks.get(parent_id)
+            if parent is None:
+                raise InvalidRequest(f"depends_on names unknown task {parent_id!r}")
+            parents.append(parent)
+        return parents
+
+    def _start(self, task: TaskRecord, parents: list[TaskRecord]) -> None:
+        """Queue a new task, or hold it pending until its parents have succeeded."""
+        failed = next((p for p in parents if p.state.terminal and p.state is not TaskState.SUCCEEDED), None)
+        if failed is not None:
+            self._dependency_failed(task, failed)
+            return
+        task.waiting_on = {p.task_id for p in parents if p.state is not TaskState.SUCCEEDED}
+        if not task.waiting_on:
+            self._enqueue(task, admit=True)
+            return
+        for parent_id in task.waiting_on:
+            self._tasks[parent_id].children.append(task.task_id)
+        task.state = TaskState.PENDING
+        self._pending += 1
+        self._actions.append(task_event(task, self._now))
+
+    def _enqueue(self, task: TaskRecord, *, front: bool = False, admit: bool = False) -> None:
+        if task.state is TaskState.PENDING:
+            self._pending -= 1
+        task.state = TaskState.QUEUED
+        task.collector_id = None
+        task.queued_at = self._now
+        # with admit=False (retry, redelivery, released dependant) a task is
+        # always taken back, even past max_queue_size: it was acknowledged
+        request = task.request
+        self.queue.push(
+            task.task_id, request.operation, request.priority, shape=task.constraints, front=front, admit=admit
+        )
+        self._dirty.add(task.request.operation)
+        self._actions.append(task_event(task, self._now))
+
+    def _stop(self, task: TaskRecord, reason: str) -> None:
+        """Take a non-final task out of the queue, off its collector, or out of pending."""
+        if task.in_flight and task.collector_id is not None:
+            self._actions.append(Cancel(task.collector_id, task.task_id, task.attempt, reason))
+            state = self.registry.find(task.collector_id)
+            if state is not None:
+                self._release(state, task)
+        elif task.state is TaskState.QUEUED:
+            self.queue.remove(task.task_id)
+        elif task.state is TaskState.PENDING:
+            self._pending -= 1
+
+    def _attempt_failed(self, task: TaskRecord, error: ErrorInfo, result: TaskResult | None = None) -> None:
+        task.error, task.result = error, result
+        if task.retries >= self.config.max_retries:
+            self._finish(task, TaskState.FAILED)
+            return
+        task.retries += 1
+        task.state = TaskState.RETRYING
+        task.collector_id = None
+        delay = self.backoff_s(task.retries)
+        self._timers.add(self._now + delay, TimerKind.RETRY, task.task_id, task.serial, task.attempt)
+        self.stats.tasks_retried += 1
+        self._actions.append(task_event(task, self._now, delay_s=delay, error=error.model_dump()))
+
+    def backoff_s(self, retry: int) -> float:
+        """Delay before retry number ``retry`` (1-based): full jitter over an exponential cap."""
+        cfg = self.config
+        cap = min(cfg.retry_backoff_max_ms, cfg.retry_backoff_base_ms * 2.0 ** (retry - 1))
+        return self._rng.uniform(0.0, cap) / 1000.0
+
+    def _time_out(self, task: TaskRecord) -> None:
+        state = self.registry.find(task.collector_id or "")
+        if state is not None:
+            state.tasks_failed += 1
+            task.failed_on.add(state.collector_id)
+        self._stop(task, "timeout")
+        self.stats.attempts_timed_out += 1
+        message = f"attempt {task.attempt} exceeded timeout_ms={task.request.timeout_ms}"
+        self._attempt_failed(task, ErrorInfo(type="Timeout", message=message))
+
+    def _expire(self, task: TaskRecord) -> None:
+        where = {
+            TaskState.QUEUED: "while queued: no eligible collector took it before the deadline",
+            TaskState.RETRYING: "while waiting to retry",
+            TaskState.PENDING: "while waiting for the tasks it depends on",
+        }.get(task.state, f"while running on {task.collector_id}")
+        self._stop(task, "deadline")
+        task.error = ErrorInfo(type="DeadlineExpired", message=f"deadline passed {where}")
+        self._finish(task, TaskState.EXPIRED)
+
+    def _dependency_failed(self, task: TaskRecord, parent: TaskRecord) -> None:
+        self._stop(task, "dependency_failed")
+        message = f"task {parent.task_id} it depends on was {parent.state.value}"
+        task.error = ErrorInfo(type="dependency_failed", message=message)
+        self._settle(task, TaskState.FAILED)
+
+    def _finish(self, task: TaskRecord, state: TaskState) -> None:
+        """Make a task final and resolve the tasks that wait on it (a whole chain, without recursion)."""
+        self._settle(task, state)
+        stack = [task]
+        while stack:
+            parent = stack.pop()
+            children, parent.children = parent.children, []
+            for child_id in children:
+                child = self._tasks.get(child_id)
+                if child is None or child.state is not TaskState.PENDING:
+                    continue
+                if parent.state is not TaskState.SUCCEEDED:
+                    self._dependency_failed(child, parent)
+                    stack.append(child)
+                    continue
+                child.waiting_on.discard(parent.task_id)
+                if not child.waiting_on:
+                    self._enqueue(child)
+
+    def _settle(self, task: TaskRecord, state: TaskState) -> None:
+        task.state = state
+        task.finished_at = self._now
+        self.stats.finished(state, self._now - task.created_at)
+        self._actions.append(task_event(task, self._now))
+        self._actions.append(Finished(task.task_id))
+        self._finished.append(task.task_id)
+        while len(self._finished) > self.config.max_finished_tasks:
+            self._tasks.pop(self._finished.popleft(), None)
+
+    # ---- collector liveness -------------------------------------------
+
+    def _schedule_heartbeat_check(self, state: CollectorState) -> None:
+        due = state.last_heartbeat + self.config.heartbeat_timeout_s
+        self._timers.add(due, TimerKind.HEARTBEAT_CHECK, state.collector_id, state.order)
+
+    def _check_heartbeat(self, collector_id: str, order: int) -> None:
+        state = self.registry.find(collector_id)
+        if state is None or state.order != order or state.status is CollectorStatus.UNHEALTHY:
+            return
+        if state.last_heartbeat + self.config.heartbeat_timeout_s > self._now:
+            self._schedule_heartbeat_check(state)
+            return
+        self._mark_unhealthy(state)
+
+    def _mark_unhealthy(self, state: CollectorState) -> None:
+        state.status = CollectorStatus.UNHEALTHY
+        state.unhealthy_since = self._now
+        state.orphans.extend(state.attempts.items())
+        self._take_back(state)
+        self.registry.refresh(state)
+        forget_at = self._now + self.config.forget_unhealthy_after_s
+        self._timers.add(forget_at, TimerKind.FORGET_COLLECTOR, state.collector_id, state.order)
+        self._actions.append(collector_event("unhealthy", state, self._now))
+
+    def _forget(self, collector_id: str, order: int) -> None:
+        state = self.registry.find(collector_id)
+        if state is None or state.order != order or state.status is not CollectorStatus.UNHEALTHY:
+            return
+        since = state.unhealthy_since or self._now
+        if since + self.config.forget_unhealthy_after_s > self._now:
+            return  # it came back and died again since: a newer timer covers it
+        self.registry.remove(collector_id)
+        self._actions.append(collector_event("left", state, self._now))
+
+    def _alive(self, state: CollectorState, now: float) -> None:
+        state.last_heartbeat = now
+        if state.status is not CollectorStatus.UNHEALTHY:
+            return
+        state.status = CollectorStatus.DRAINING if state.drained else CollectorStatus.AVAILABLE
+        state.unhealthy_since = None
+        for task_id, attempt in state.orphans:
+            self._actions.append(Cancel(state.collector_id, task_id, attempt, "reassigned"))
+        state.orphans.clear()
+        self.registry.refresh(state)
+        self._schedule_heartbeat_check(state)
+        self._dirty.update(state.capability.supported_operations)
+        self._actions.append(collector_event("joined", state, now))
+
+    def _take_back(self, state: CollectorState) -> None:
+        """Requeue every attempt in flight on a collector that left or died (no retry used)."""
+        for task_id in list(state.attempts):
+            task = self._tasks[task_id]
+            self._release(state, task)
+            self.stats.tasks_redelivered += 1
+            self._enqueue(task, front=True)
