@@ -14,7 +14,6 @@ from typing import Any
 from distributor.actions import Action
 from distributor.constraints import parse_constraints
 from distributor.errors import DuplicateTask, InvalidRequest, InvalidState, QueueFull
-from distributor.events import collector_event, task_event
 from distributor.machine import DistributorConfig, TaskMachine
 from distributor.models import (
     CollectorCapability,
@@ -82,7 +81,7 @@ class TaskDistributor(TaskMachine):
         if state is None:
             state = self.registry.add(capability, now)
             self._schedule_heartbeat_check(state)
-            self._actions.append(collector_event("joined", state, now))
+            self._collector_event("joined", state)
         else:
             self.registry.replace_capability(state, capability)
             self._alive(state, now)
@@ -101,7 +100,7 @@ class TaskDistributor(TaskMachine):
         state = self.registry.get(collector_id)
         self._take_back(state)
         self.registry.remove(collector_id)
-        self._actions.append(collector_event("left", state, now))
+        self._collector_event("left", state)
         return self._drain()
 
     def drain(self, collector_id: str, now: float) -> list[Action]:
@@ -113,7 +112,7 @@ class TaskDistributor(TaskMachine):
             if state.status is CollectorStatus.AVAILABLE:
                 state.status = CollectorStatus.DRAINING
                 self.registry.refresh(state)
-            self._actions.append(collector_event("drained", state, now))
+            self._collector_event("drained", state)
         return self._drain()
 
     def undrain(self, collector_id: str, now: float) -> list[Action]:
@@ -126,7 +125,7 @@ class TaskDistributor(TaskMachine):
                 state.status = CollectorStatus.AVAILABLE
                 self.registry.refresh(state)
                 self._dirty.update(state.capability.supported_operations)
-            self._actions.append(collector_event("joined", state, now))
+            self._collector_event("joined", state)
         return self._drain()
 
     def reject(self, collector_id: str, task_id: str, attempt: int, now: float) -> list[Action]:
@@ -158,7 +157,7 @@ class TaskDistributor(TaskMachine):
             self.stats.stale_messages += 1
         elif task.state is TaskState.DISPATCHED:
             task.state = TaskState.RUNNING
-            self._actions.append(task_event(task, now))
+            self._task_event(task)
         return self._drain()
 
     def progress(
@@ -170,7 +169,7 @@ class TaskDistributor(TaskMachine):
         if task is None:
             self.stats.stale_messages += 1
         else:
-            self._actions.append(task_event(task, now, "progress", fraction=fraction, message=message))
+            self._task_event(task, "progress", fraction=fraction, message=message)
         return self._drain()
 
     def complete(self, result: TaskResult, now: float) -> list[Action]:

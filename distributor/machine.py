@@ -11,6 +11,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from distributor.actions import Action, Cancel, Dispatch, Finished
 from distributor.constraints import satisfied
@@ -71,6 +72,18 @@ class TaskMachine:
         self._in_flight = 0
         self._dispatches = 0
         self._serial = 0
+        #: publish task and collector events; a host with no subscriber turns this off
+        self.events = True
+
+    # ---- events --------------------------------------------------------
+
+    def _task_event(self, task: TaskRecord, state: str | None = None, **extra: Any) -> None:
+        if self.events:
+            self._actions.append(task_event(task, self._now, state, **extra))
+
+    def _collector_event(self, event: str, state: CollectorState) -> None:
+        if self.events:
+            self._actions.append(collector_event(event, state, self._now))
 
     # ---- routing -------------------------------------------------------
 
@@ -125,7 +138,7 @@ class TaskMachine:
         self.stats.dispatched(request.operation, now - (task.queued_at or now))
         collector_type = state.capability.collector_type
         self._actions.append(Dispatch(state.collector_id, collector_type, request, task.attempt, request.deadline))
-        self._actions.append(task_event(task, now))
+        self._task_event(task)
 
     def _release(self, state: CollectorState, task: TaskRecord) -> None:
         """The attempt of ``task`` no longer occupies a slot on ``state``."""
@@ -176,7 +189,7 @@ class TaskMachine:
             self._tasks[parent_id].children.append(task.task_id)
         task.state = TaskState.PENDING
         self._pending += 1
-        self._actions.append(task_event(task, self._now))
+        self._task_event(task)
 
     def _enqueue(self, task: TaskRecord, *, front: bool = False, admit: bool = False) -> None:
         if task.state is TaskState.PENDING:
@@ -191,7 +204,7 @@ class TaskMachine:
             task.task_id, request.operation, request.priority, shape=task.constraints, front=front, admit=admit
         )
         self._dirty.add(task.request.operation)
-        self._actions.append(task_event(task, self._now))
+        self._task_event(task)
 
     def _stop(self, task: TaskRecord, reason: str) -> None:
         """Take a non-final task out of the queue, off its collector, or out of pending."""
@@ -216,7 +229,7 @@ class TaskMachine:
         delay = self.backoff_s(task.retries)
         self._timers.add(self._now + delay, TimerKind.RETRY, task.task_id, task.serial, task.attempt)
         self.stats.tasks_retried += 1
-        self._actions.append(task_event(task, self._now, delay_s=delay, error=error.model_dump()))
+        self._task_event(task, delay_s=delay, error=error.model_dump())
 
     def backoff_s(self, retry: int) -> float:
         """Delay before retry number ``retry`` (1-based): full jitter over an exponential cap."""
@@ -273,7 +286,7 @@ class TaskMachine:
         task.state = state
         task.finished_at = self._now
         self.stats.finished(state, self._now - task.created_at)
-        self._actions.append(task_event(task, self._now))
+        self._task_event(task)
         self._actions.append(Finished(task.task_id))
         self._finished.append(task.task_id)
         while len(self._finished) > self.config.max_finished_tasks:
@@ -302,7 +315,7 @@ class TaskMachine:
         self.registry.refresh(state)
         forget_at = self._now + self.config.forget_unhealthy_after_s
         self._timers.add(forget_at, TimerKind.FORGET_COLLECTOR, state.collector_id, state.order)
-        self._actions.append(collector_event("unhealthy", state, self._now))
+        self._collector_event("unhealthy", state)
 
     def _forget(self, collector_id: str, order: int) -> None:
         state = self.registry.find(collector_id)
@@ -312,7 +325,7 @@ class TaskMachine:
         if since + self.config.forget_unhealthy_after_s > self._now:
             return  # it came back and died again since: a newer timer covers it
         self.registry.remove(collector_id)
-        self._actions.append(collector_event("left", state, self._now))
+        self._collector_event("left", state)
 
     def _alive(self, state: CollectorState, now: float) -> None:
         state.last_heartbeat = now
@@ -326,7 +339,7 @@ class TaskMachine:
         self.registry.refresh(state)
         self._schedule_heartbeat_check(state)
         self._dirty.update(state.capability.supported_operations)
-        self._actions.append(collector_event("joined", state, now))
+        self._collector_event("joined", state)
 
     def _take_back(self, state: CollectorState) -> None:
         """Requeue every attempt in flight on a collector that left or died (no retry used)."""

@@ -35,6 +35,8 @@ class CollectorState:
     total_execution_s: float = 0.0
     busy_slot_s: float = 0.0
     last_dispatch: int = 0  # global dispatch counter when it last got work
+    #: its key in the active strategy's order while it is in the pools (None: not filed)
+    key: Any = None
     #: task_id -> attempt number of every attempt in flight on this collector
     attempts: dict[str, int] = field(default_factory=dict)
     #: attempts taken away while it was unhealthy; cancelled when it comes back
@@ -101,9 +103,13 @@ class CollectorState:
 class Pool:
     """The collectors of one operation that can take work now, in the active strategy's order.
 
-    A heap with lazy invalidation: every re-filing pushes a fresh entry and
-    the stamp tells the live one from stale ones, so finding the preferred
-    eligible collector costs O(log n) instead of a scan.
+    A heap with lazy invalidation, so finding the preferred eligible
+    collector costs O(log n) instead of a scan. A collector whose key went
+    down is pushed again (the stamp tells its live entry from stale ones); one
+    whose key went up (it just got work) is left where it is and re-keyed only
+    if it reaches the top. Live entries therefore never carry a key above the
+    collector's real one, so the top, once re-keyed, is a true minimum. Equal
+    keys go to the collector filed first (the one that has waited longest).
     """
 
     __slots__ = ("_heap", "_ids", "_index", "_stamp", "members")
@@ -119,6 +125,7 @@ class Pool:
         return len(self.members)
 
     def put(self, state: CollectorState, key: Any, stamp: int) -> None:
+        """File a collector (new here, or its key went down) with a fresh entry."""
         cid = state.collector_id
         self.members[cid] = state
         self._stamp[cid] = stamp
@@ -145,11 +152,14 @@ class Pool:
         skipped = []
         found = None
         while heap:
-            _, stamp, cid = heap[0]
+            key, stamp, cid = heap[0]
             if stamps.get(cid) != stamp:
                 heapq.heappop(heap)  # stale entry
                 continue
             state = self.members[cid]
+            if key != state.key:  # its key went up since it was filed: move it down
+                heapq.heapreplace(heap, (state.key, stamp, cid))
+                continue
             if eligible(state):
                 found = state
                 break
@@ -168,12 +178,13 @@ class Pool:
         candidates = [s for s in self.members.values() if eligible(s)]
         return rng.choice(candidates) if candidates else None
 
-    def reorder(self, key: OrderKey, stamp: Callable[[], int]) -> None:
+    def reorder(self, stamp: Callable[[], int]) -> None:
+        """Rebuild the heap from the members' current keys."""
         self._heap = []
         for state in self.members.values():
             s = stamp()
             self._stamp[state.collector_id] = s
-            self._heap.append((key(state), s, state.collector_id))
+            self._heap.append((state.key, s, state.collector_id))
         heapq.heapify(self._heap)
 
     def _compact(self) -> None:
@@ -243,8 +254,11 @@ class CapabilityRegistry:
     def set_order(self, order: OrderKey) -> None:
         """Re-sort every pool for a new strategy."""
         self._order = order
+        for state in self._collectors.values():
+            if state.key is not None:
+                state.key = order(state)
         for pool in self._pools.values():
-            pool.reorder(order, self._next_stamp)
+            pool.reorder(self._next_stamp)
 
     def refresh(self, state: CollectorState) -> None:
         """Re-file a collector after its load, record or status changed."""
@@ -252,9 +266,15 @@ class CapabilityRegistry:
         ops = state.capability.supported_operations
         if state.status is CollectorStatus.AVAILABLE and state.has_room:
             key = self._order(state)
+            old, state.key = state.key, key
+            if old is not None and key >= old:
+                return  # entries rise to their place lazily (see Pool)
+            pools = self._pools
             for op in ops:
-                self._pools[op].put(state, key, self._next_stamp())
+                self._stamp += 1
+                pools[op].put(state, key, self._stamp)
         else:
+            state.key = None
             for op in ops:
                 self._pools[op].discard(cid)
 
@@ -282,6 +302,7 @@ class CapabilityRegistry:
 
     def _unindex(self, state: CollectorState) -> None:
         cid = state.collector_id
+        state.key = None
         for op in state.capability.supported_operations:
             self._supporting[op] -= 1
             self._pools[op].discard(cid)

@@ -35,12 +35,16 @@ class RoutingStrategy(ABC):
         return pool.best(eligible)
 
 
+# Keys are plain numbers where possible: the pools compare them on every
+# push and pop, and a number compares several times faster than a tuple.
+
+
 class LeastLoaded(RoutingStrategy):
     name = "least_loaded"
-    description = "the smallest share of busy slots; ties to the earliest registered"
+    description = "the smallest share of busy slots; ties to the one waiting longest"
 
     def key(self, state: CollectorState) -> Any:
-        return (state.load, state.order)
+        return state.current_tasks / state.capability.max_concurrent_tasks
 
 
 class RoundRobin(RoutingStrategy):
@@ -48,7 +52,7 @@ class RoundRobin(RoutingStrategy):
     description = "in turn: the collector that got work least recently"
 
     def key(self, state: CollectorState) -> Any:
-        return (state.last_dispatch, state.order)
+        return state.last_dispatch
 
 
 class FirstAvailable(RoutingStrategy):

@@ -73,6 +73,7 @@ class Service:
         self.started_at = clock()
         self.distributor = TaskDistributor(_distributor_config(settings), strategy=make_strategy(settings.strategy))
         self.subscriptions = Subscriptions()
+        self.distributor.events = False  # built only while somebody subscribes
         self.bad_frames = 0
         self._peers: dict[str, bytes] = {}  # collector_id -> ZeroMQ identity
         self._waiters: dict[str, list[_Waiter]] = {}
@@ -206,6 +207,7 @@ class Service:
     def peer_gone(self, identity: bytes) -> None:
         """The transport reports a peer as unreachable: forget its subscriptions."""
         self.subscriptions.remove(identity)
+        self.distributor.events = len(self.subscriptions) > 0
 
     # ---- client verbs --------------------------------------------------
 
@@ -295,11 +297,13 @@ class Service:
     def _subscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.SubscribeBody, env.body)
         self.subscriptions.add(identity, body.patterns)
+        self.distributor.events = True
         return {"patterns": body.patterns}
 
     def _unsubscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.SubscribeBody, env.body)
         self.subscriptions.remove(identity, body.patterns)
+        self.distributor.events = len(self.subscriptions) > 0
         return {"patterns": body.patterns}
 
     # ---- collector verbs -----------------------------------------------

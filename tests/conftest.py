@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 import pytest
+from hypothesis import settings
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -13,3 +14,8 @@ def pytest_runtest_makereport(
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+# Machines here are noisy: a per-example deadline would turn load into failures.
+settings.register_profile("eventbus", deadline=None)
+settings.load_profile("eventbus")
