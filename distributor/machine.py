@@ -88,8 +88,11 @@ class TaskMachine:
     # ---- routing -------------------------------------------------------
 
     def _drain(self) -> list[Action]:
-        while self._dirty:
-            self._pump(self._dirty.pop())
+        dirty, depth = self._dirty, self.queue.depth
+        while dirty:
+            operation = dirty.pop()
+            if depth(operation):  # most operations have nothing queued: skip the pump
+                self._pump(operation)
         actions, self._actions = self._actions, []
         return actions
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,70 +103,72 @@ class CollectorState:
 class Pool:
     """The collectors of one operation that can take work now, in the active strategy's order.
 
-    A heap with lazy invalidation, so finding the preferred eligible
-    collector costs O(log n) instead of a scan. A collector whose key went
-    down is pushed again (the stamp tells its live entry from stale ones); one
-    whose key went up (it just got work) is left where it is and re-keyed only
-    if it reaches the top. Live entries therefore never carry a key above the
-    collector's real one, so the top, once re-keyed, is a true minimum. Equal
-    keys go to the collector filed first (the one that has waited longest).
+    Collectors are kept in buckets of equal key, the distinct keys in a sorted
+    list: finding the preferred eligible collector looks at the smallest key's
+    bucket first, and moving a collector to another key is a few dict
+    operations. There are few distinct keys for most strategies (a load
+    fraction, a counter), so neither grows with the number of collectors.
+    Within a bucket the collector that entered it first (the one that has
+    waited longest) comes first.
     """
 
-    __slots__ = ("_heap", "_ids", "_index", "_stamp", "members")
+    __slots__ = ("_buckets", "_ids", "_index", "_keys", "_where", "members")
 
     def __init__(self) -> None:
         self.members: dict[str, CollectorState] = {}
-        self._heap: list[tuple[Any, int, str]] = []
-        self._stamp: dict[str, int] = {}
+        self._keys: list[Any] = []  # sorted distinct keys
+        self._buckets: dict[Any, dict[str, CollectorState]] = {}
+        self._where: dict[str, Any] = {}  # collector_id -> its key here
         self._ids: list[str] = []  # members in an array, for uniform sampling
         self._index: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def put(self, state: CollectorState, key: Any, stamp: int) -> None:
-        """File a collector (new here, or its key went down) with a fresh entry."""
+    def put(self, state: CollectorState, key: Any) -> None:
+        """File a collector under ``key`` (a no-op when it is already there)."""
         cid = state.collector_id
-        self.members[cid] = state
-        self._stamp[cid] = stamp
-        heapq.heappush(self._heap, (key, stamp, cid))
-        if cid not in self._index:
+        old = self._where.get(cid, _MISSING)
+        if old == key:
+            return
+        if old is not _MISSING:
+            self._unfile(cid, old)
+        else:
+            self.members[cid] = state
             self._index[cid] = len(self._ids)
             self._ids.append(cid)
-        if len(self._heap) > 4 * len(self.members) + 64:
-            self._compact()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = {}
+            bisect.insort(self._keys, key)
+        bucket[cid] = state
+        self._where[cid] = key
 
     def discard(self, cid: str) -> None:
         if self.members.pop(cid, None) is None:
             return
-        del self._stamp[cid]
+        self._unfile(cid, self._where.pop(cid))
         i = self._index.pop(cid)
         last = self._ids.pop()
         if last != cid:
             self._ids[i] = last
             self._index[last] = i
 
+    def _unfile(self, cid: str, key: Any) -> None:
+        bucket = self._buckets[key]
+        del bucket[cid]
+        if not bucket:
+            del self._buckets[key]
+            del self._keys[bisect.bisect_left(self._keys, key)]
+
     def best(self, eligible: Eligible) -> CollectorState | None:
-        """The first eligible member in heap order (skipped ones are put back)."""
-        heap, stamps = self._heap, self._stamp
-        skipped = []
-        found = None
-        while heap:
-            key, stamp, cid = heap[0]
-            if stamps.get(cid) != stamp:
-                heapq.heappop(heap)  # stale entry
-                continue
-            state = self.members[cid]
-            if key != state.key:  # its key went up since it was filed: move it down
-                heapq.heapreplace(heap, (state.key, stamp, cid))
-                continue
-            if eligible(state):
-                found = state
-                break
-            skipped.append(heapq.heappop(heap))
-        for entry in skipped:
-            heapq.heappush(heap, entry)
-        return found
+        """The first eligible member in key order."""
+        buckets = self._buckets
+        for key in self._keys:
+            for state in buckets[key].values():
+                if eligible(state):
+                    return state
+        return None
 
     def sample(self, eligible: Eligible, rng: random.Random, tries: int = 16) -> CollectorState | None:
         """A uniformly random eligible member."""
@@ -178,19 +180,20 @@ class Pool:
         candidates = [s for s in self.members.values() if eligible(s)]
         return rng.choice(candidates) if candidates else None
 
-    def reorder(self, stamp: Callable[[], int]) -> None:
-        """Rebuild the heap from the members' current keys."""
-        self._heap = []
-        for state in self.members.values():
-            s = stamp()
-            self._stamp[state.collector_id] = s
-            self._heap.append((state.key, s, state.collector_id))
-        heapq.heapify(self._heap)
+    def reorder(self) -> None:
+        """Re-file every member under its current key (after a strategy switch)."""
+        members = list(self.members.values())
+        self._keys, self._buckets, self._where = [], {}, {}
+        for state in members:
+            bucket = self._buckets.get(state.key)
+            if bucket is None:
+                bucket = self._buckets[state.key] = {}
+                bisect.insort(self._keys, state.key)
+            bucket[state.collector_id] = state
+            self._where[state.collector_id] = state.key
 
-    def _compact(self) -> None:
-        stamps = self._stamp
-        self._heap = [e for e in self._heap if stamps.get(e[2]) == e[1]]
-        heapq.heapify(self._heap)
+
+_MISSING = object()
 
 
 def _registration_order(state: CollectorState) -> Any:
@@ -202,7 +205,7 @@ class CapabilityRegistry:
 
     Finding a collector for a task never walks collectors that do not support
     its operation; re-filing a collector after its load or status changed
-    costs O(k log n) for its k operations.
+    costs a few dict operations for each of its k operations.
     """
 
     def __init__(self, order: OrderKey = _registration_order) -> None:
@@ -211,7 +214,6 @@ class CapabilityRegistry:
         self._supporting: dict[str, int] = {}
         self._order = order
         self._seq = 0
-        self._stamp = 0
 
     def __len__(self) -> int:
         return len(self._collectors)
@@ -258,21 +260,17 @@ class CapabilityRegistry:
             if state.key is not None:
                 state.key = order(state)
         for pool in self._pools.values():
-            pool.reorder(self._next_stamp)
+            pool.reorder()
 
     def refresh(self, state: CollectorState) -> None:
         """Re-file a collector after its load, record or status changed."""
         cid = state.collector_id
         ops = state.capability.supported_operations
         if state.status is CollectorStatus.AVAILABLE and state.has_room:
-            key = self._order(state)
-            old, state.key = state.key, key
-            if old is not None and key >= old:
-                return  # entries rise to their place lazily (see Pool)
+            key = state.key = self._order(state)
             pools = self._pools
             for op in ops:
-                self._stamp += 1
-                pools[op].put(state, key, self._stamp)
+                pools[op].put(state, key)
         else:
             state.key = None
             for op in ops:
@@ -289,10 +287,6 @@ class CapabilityRegistry:
     def supporting(self, operation: str) -> int:
         """How many registered collectors support ``operation`` (any status)."""
         return self._supporting.get(operation, 0)
-
-    def _next_stamp(self) -> int:
-        self._stamp += 1
-        return self._stamp
 
     def _index(self, state: CollectorState) -> None:
         for op in state.capability.supported_operations:
