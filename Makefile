@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint check bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/greeter/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# the example collector package: the tests check entry-point discovery with it
+	$(PY) -m pip install --quiet --no-deps -e examples/greeter
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -107,13 +107,23 @@ def main() -> None:
 @click.option("--id", "collector_id", help="collector id (default TYPE-HOST-PID)")
 @click.option("--concurrency", type=click.IntRange(min=1), help="max concurrent tasks (default: the class's)")
 @click.option("--attr", "attrs", multiple=True, help="attribute KEY=VALUE (repeatable), e.g. --attr skill=8")
+@click.option("--time-scale", type=click.FloatRange(min=0), help="skilled: seconds of work per difficulty point")
 @click_options(CollectorSettings)
-def run(target: str, collector_id: str | None, concurrency: int | None, attrs: tuple[str, ...], **flags: Any) -> None:
+def run(
+    target: str,
+    collector_id: str | None,
+    concurrency: int | None,
+    attrs: tuple[str, ...],
+    time_scale: float | None,
+    **flags: Any,
+) -> None:
     """Run TARGET: a built-in (demo), an installed entry point, or module:Class.
 
     Example: eventbus-collector run demo --concurrency 8
     """
     attributes = dict(parse_attr(a) for a in attrs)
+    if time_scale is not None:
+        attributes["time_scale"] = time_scale
     try:
         cls = resolve_target(target)
     except TargetError as exc:

@@ -6,22 +6,26 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from collectors.sdk import Collector, OperationSpec, TaskContext
+from collectors.sdk import Collector, OperationSpec, TaskContext, models_of
 from distributor.models import ALL_PRIORITIES, CollectorCapability, ErrorInfo, TaskRequest, TaskResult
 from eventbus import messages as m
 from eventbus.client import Client
-from eventbus.errors import EventBusError, ProtocolError, RequestTimeout, UnknownCollector
+from eventbus.errors import DaemonUnreachable, EventBusError, ProtocolError, RequestTimeout, UnknownCollector
 
 log = logging.getLogger(__name__)
 
-#: attempts to deliver a result before giving up on it (the daemon then times the attempt out)
-RESULT_DELIVERY_TRIES = 5
+#: heartbeats in a row without an answer before the connection is rebuilt
+MISSED_HEARTBEATS = 2
+#: reconnect backoff: first delay and cap, in seconds (full jitter)
+RECONNECT_BASE_S = 0.1
+RECONNECT_MAX_S = 30.0
 #: how long a cancelled sync operation is waited for before its slot is given up
 SYNC_CANCEL_WAIT_S = 30.0
 
@@ -52,6 +56,7 @@ class CollectorRuntime:
         self._timeout = request_timeout_s
         self._grace = shutdown_grace_s
         self._ops = type(collector).operations()
+        self._models = {op: models_of(getattr(collector, attr)) for op, (attr, _) in self._ops.items()}
         self._running: dict[tuple[str, int], _Running] = {}
         self._accepting = True
         self._abandoning = False  # grace period over: cut attempts are not reported (they are requeued)
@@ -60,6 +65,8 @@ class CollectorRuntime:
         self._stop: asyncio.Event | None = None
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="op")
         self._background: set[asyncio.Task[Any]] = set()
+        #: results not yet acknowledged by the daemon, re-sent after a reconnect
+        self._outbox: dict[tuple[str, int], dict[str, Any]] = {}
 
     def capability(self) -> CollectorCapability:
         levels = sorted({p for _, spec in self._ops.values() for p in spec.priority_levels} or ALL_PRIORITIES)
@@ -118,20 +125,50 @@ class CollectorRuntime:
 
     async def _heartbeat_loop(self) -> None:
         assert self._client is not None
+        missed = 0
         while True:
             await asyncio.sleep(self._heartbeat_interval)
             try:
                 await self._client.request(
                     f"{m.HEARTBEAT_PREFIX}.{self.collector_id}", {"current_tasks": len(self._running)}
                 )
+                missed = 0
             except UnknownCollector:
                 log.info("collector_id=%s: daemon does not know us (restarted?); registering again", self.collector_id)
                 with contextlib.suppress(EventBusError):
                     await self._register()
-            except RequestTimeout:
-                log.warning("collector_id=%s: heartbeat not answered", self.collector_id)
+                    self._resend_outbox()
+            except (RequestTimeout, DaemonUnreachable):
+                missed += 1
+                log.warning("collector_id=%s: heartbeat not answered (%d in a row)", self.collector_id, missed)
+                if missed >= MISSED_HEARTBEATS:
+                    await self._reconnect()
+                    missed = 0
             except EventBusError as exc:
                 log.error("collector_id=%s: heartbeat refused: %s", self.collector_id, exc)
+
+    async def _reconnect(self) -> None:
+        """Rebuild the connection with exponential backoff and jitter until the daemon takes us back.
+
+        Running attempts go on meanwhile; their results wait in the outbox.
+        """
+        assert self._client is not None
+        delay = RECONNECT_BASE_S
+        while True:
+            try:
+                await self._client.reconnect()
+                await self._register()
+                break
+            except EventBusError as exc:
+                log.warning("collector_id=%s: reconnect failed: %s; retrying", self.collector_id, exc)
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, RECONNECT_MAX_S)
+        log.info("collector_id=%s: reconnected", self.collector_id)
+        self._resend_outbox()
+
+    def _resend_outbox(self) -> None:
+        for key in list(self._outbox):
+            self._spawn(self._deliver(key))
 
     async def _drain_and_leave(self) -> None:
         assert self._client is not None
@@ -154,6 +191,8 @@ class CollectorRuntime:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=5)
+        if self._outbox and self._client.path.exists():
+            await asyncio.wait([asyncio.ensure_future(self._deliver(k)) for k in list(self._outbox)])
         if self._background:
             await asyncio.wait(self._background, timeout=self._timeout)
         if await self._leave_request(m.DEREGISTER):
@@ -262,12 +301,13 @@ class CollectorRuntime:
             raise LookupError(f"operation {request.operation!r} is not supported by {self.collector_id}")
         attr, spec = found
         method = getattr(self.collector, attr)
-        args = _arguments(spec, request.payload, ctx)
+        models = self._models[request.operation]
+        args = _arguments(spec, models.load(request.payload), ctx)
         if spec.is_async:
-            return await method(*args)
+            return models.dump(await method(*args))
         done = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(method, *args))
         try:
-            return await asyncio.shield(done)
+            return models.dump(await asyncio.shield(done))
         except asyncio.CancelledError:
             # a thread cannot be interrupted: the slot stays taken until the
             # operation notices ctx.cancelled and returns
@@ -292,30 +332,39 @@ class CollectorRuntime:
         )
 
     async def _report(self, result: TaskResult) -> None:
-        body = {"event": "result", "task_id": result.task_id, "attempt": result.attempt, "result": result.model_dump()}
-        try:
-            await self._send_event(body, tries=RESULT_DELIVERY_TRIES)
-        except ProtocolError as exc:  # the value cannot be sent (not msgpack-able, too large)
-            error = ErrorInfo(type="ResultNotSendable", message=exc.message)
+        key = (result.task_id, result.attempt)
+        self._outbox[key] = _result_body(result)
+        problem = await self._deliver(key)
+        if problem is not None:  # the value cannot be sent (not msgpack-able, too large)
+            error = ErrorInfo(type="ResultNotSendable", message=problem)
             failed = result.model_copy(update={"success": False, "value": None, "error": error})
-            body["result"] = failed.model_dump()
-            await self._send_event(body, tries=RESULT_DELIVERY_TRIES)
+            self._outbox[key] = _result_body(failed)
+            await self._deliver(key)
 
-    async def _send_event(self, body: dict[str, Any], *, tries: int) -> None:
+    async def _deliver(self, key: tuple[str, int]) -> str | None:
+        """Send one result; it stays in the outbox until the daemon acknowledges or refuses it.
+
+        Returns why it cannot be encoded, when it cannot (it is then left to the caller).
+        """
         assert self._client is not None
-        topic = f"{m.RESULT_PREFIX}.{self.collector_id}"
-        for attempt in range(1, tries + 1):
-            try:
-                await self._client.request(topic, body)
-                return
-            except RequestTimeout:
-                if attempt == tries:
-                    log.error("task_id=%s: %s not acknowledged by the daemon", body["task_id"], body["event"])
-            except ProtocolError:
-                raise
-            except EventBusError as exc:
-                log.warning("task_id=%s: daemon refused %s: %s", body["task_id"], body["event"], exc)
-                return
+        body = self._outbox.get(key)
+        if body is None:
+            return None
+        try:
+            await self._client.request(f"{m.RESULT_PREFIX}.{self.collector_id}", body)
+        except (RequestTimeout, DaemonUnreachable):
+            log.warning("task_id=%s: result not acknowledged yet; kept for after reconnecting", key[0])
+            return None
+        except ProtocolError as exc:
+            return exc.message
+        except EventBusError as exc:
+            log.warning("task_id=%s: daemon refused the result: %s", key[0], exc)
+        self._outbox.pop(key, None)
+        return None
+
+
+def _result_body(result: TaskResult) -> dict[str, Any]:
+    return {"event": "result", "task_id": result.task_id, "attempt": result.attempt, "result": result.model_dump()}
 
 
 def _arguments(spec: OperationSpec, payload: Any, ctx: TaskContext) -> tuple[Any, ...]:

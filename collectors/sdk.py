@@ -11,7 +11,9 @@
 Operations may be ``async def`` (cancelled with ``asyncio.CancelledError``)
 or plain ``def`` (run in a thread; poll ``ctx.cancelled``). The return
 value is the result; an exception fails the attempt with its type and
-message.
+message. When the payload parameter or the return value is annotated with a
+pydantic model, the payload is validated into it (a mismatch fails the
+attempt with ``InvalidPayload``) and the result is validated and dumped.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from __future__ import annotations
 import inspect
 import re
 import threading
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
 
+from pydantic import BaseModel, ValidationError
+
 from distributor.models import ALL_PRIORITIES, SEGMENT, AttrValue
 from eventbus.errors import InvalidRequest
+from eventbus.messages import describe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,6 +91,44 @@ class TaskContext:
         """Publish progress (0.0-1.0) to watchers of ``events.task.progress.<op>``."""
         if self._progress is not None:
             self._progress(min(1.0, max(0.0, fraction)), message)
+
+
+class InvalidPayload(ValueError):
+    """The payload does not match the operation's pydantic model."""
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    """The pydantic models an operation declares for its payload and result (None: any value)."""
+
+    payload: type[BaseModel] | None
+    result: type[BaseModel] | None
+
+    def load(self, payload: Any) -> Any:
+        if self.payload is None:
+            return payload
+        try:
+            return self.payload.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidPayload(f"payload does not match {self.payload.__name__}: {describe(exc)}") from None
+
+    def dump(self, value: Any) -> Any:
+        if self.result is not None and not isinstance(value, self.result):
+            value = self.result.model_validate(value)
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def models_of(func: Callable[..., Any]) -> Models:
+    """Read the payload and return annotations of an operation (resolved when the collector starts)."""
+    hints = typing.get_type_hints(func)
+    params = [p for p in inspect.signature(func).parameters if p != "self"]
+    payload = hints.get(params[0]) if params else None
+    result = hints.get("return")
+
+    def model(hint: Any) -> type[BaseModel] | None:
+        return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+    return Models(model(payload), model(result))
 
 
 class Collector:

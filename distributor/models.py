@@ -145,6 +145,7 @@ class CollectorInfo(_Record):
     tasks_completed: int
     tasks_failed: int
     success_rate: float | None
+    total_execution_s: float
     mean_execution_s: float | None
     utilization: float
     score: float

@@ -94,6 +94,7 @@ class CollectorState:
             tasks_completed=self.tasks_completed,
             tasks_failed=self.tasks_failed,
             success_rate=self.tasks_completed / done if done else None,
+            total_execution_s=self.total_execution_s,
             mean_execution_s=self.total_execution_s / done if done else None,
             utilization=self.utilization(now),
             score=self.score,

@@ -274,7 +274,7 @@ def collectors(ctx: _Ctx) -> None:
             click.echo(
                 f"{c.collector_id}  type={c.collector_type}  ops={','.join(c.supported_operations)}  "
                 f"attrs={attrs}  load={c.current_tasks}/{c.max_concurrent_tasks}  {c.status.value}  "
-                f"heartbeat={now - c.last_heartbeat:.1f}s ago  success={rate}"
+                f"heartbeat={now - c.last_heartbeat:.1f}s ago  success={rate}  util={c.utilization:.0%}"
             )
 
     _emit(ctx, [c.model_dump(mode="json") for c in infos], human)

@@ -270,18 +270,33 @@ class Client:
         self._sock = _dealer(self._ctx, self.path, self._identity, self._max)
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
-    async def close(self) -> None:
+    async def reconnect(self) -> None:
+        """Drop the connection and open a new one (same identity); pending requests fail.
+
+        Raises :class:`DaemonUnreachable` (and stays disconnected) when no daemon listens.
+        """
+        await self._disconnect()
+        probe(self.path)
+        assert self._ctx is not None
+        self._sock = _dealer(self._ctx, self.path, self._identity, self._max)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _disconnect(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
         for fut in self._pending.values():
-            fut.cancel()
+            if not fut.done():
+                fut.set_exception(DaemonUnreachable(f"connection to eventbusd at {self.path} was reset"))
         self._pending.clear()
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+
+    async def close(self) -> None:
+        await self._disconnect()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None

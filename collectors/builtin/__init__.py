@@ -3,4 +3,5 @@
 BUILTINS = {
     "demo": "collectors.builtin.demo:DemoCollector",
     "skilled": "collectors.builtin.skilled:SkilledCollector",
+    "procmond": "collectors.builtin.procmond:ProcmondCollector",
 }

@@ -19,7 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_readme_collector_runs_as_module_and_class(bus: Bus) -> None:
-    bus.spawn([command("eventbus-collector"), "run", "greeter:Greeter", "--id", "g1"], "greeter", cwd=ROOT / "examples")
+    bus.spawn(
+        [command("eventbus-collector"), "run", "greeter:Greeter", "--id", "g1"],
+        "greeter",
+        cwd=ROOT / "examples" / "greeter",
+    )
     wait_until(lambda: _registered(bus, "g1"), 15, "the greeter to register")
     greet = bus.ctl("submit", "greet", "--payload", '{"name": "ada"}', "--wait")
     assert (greet.returncode, json.loads(greet.stdout)) == (0, "hello ada")
@@ -37,7 +41,7 @@ def test_an_unknown_target_exits_2_naming_what_was_tried(bare_bus: Bus) -> None:
         [command("eventbus-collector"), "run", "nosuch"], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 2
-    assert "built-ins (demo, skilled)" in out.stderr and "eventbus.collectors" in out.stderr
+    assert "built-ins (demo, procmond, skilled)" in out.stderr and "eventbus.collectors" in out.stderr
     assert "Traceback" not in out.stderr
 
 

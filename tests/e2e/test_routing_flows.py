@@ -112,6 +112,16 @@ def test_cli_dependencies_drain_list_and_cancel(bus: Bus) -> None:
     assert bus.ctl("cancel", running).returncode == 4  # already final
 
 
+def test_a_full_queue_rejects_submissions_with_exit_4(bare_bus: Bus) -> None:
+    bare_bus.env["EVENTBUS_MAX_QUEUE_SIZE"] = "2"
+    bare_bus.start_daemon()
+    assert bare_bus.ctl("submit", "nobody").returncode == 0
+    assert bare_bus.ctl("submit", "nobody").returncode == 0
+    out = bare_bus.ctl("--json", "submit", "nobody")
+    assert out.returncode == 4
+    assert json.loads(out.stdout)["error"]["code"] == "queue_full"
+
+
 def test_bad_constraints_and_unknown_parents_are_rejected_with_exit_4(bus: Bus) -> None:
     out = bus.ctl("submit", "solve", "--require", "skill>=lots")
     assert out.returncode == 4 and "needs a number" in out.stderr
