@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -18,25 +19,32 @@ _ORDERING: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
 }
 Scalar = str | float | bool
+#: a value tagged with its kind, so True never equals 1 and "1" never equals 1
+Tagged = tuple[str, Scalar]
 
 
 def _scalar(text: str) -> Scalar:
-    """A literal: true/false, a number, or a string (optionally quoted)."""
+    """A literal: true/false, a finite number, or a string (optionally quoted)."""
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return text
+    if not math.isfinite(number):
+        raise ValueError(f"{text!r} is not a finite number")
+    return number
 
 
-def _norm(value: AttrValue) -> Scalar:
-    if isinstance(value, bool | str):
-        return value
-    return float(value)
+def _tag(value: AttrValue | Scalar) -> Tagged:
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))
+    return ("str", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +53,24 @@ class Constraint:
 
     attribute: str
     op: str
-    value: Scalar | frozenset[Scalar]
+    value: Tagged | frozenset[Tagged]
     text: str
 
     def holds(self, attributes: Mapping[str, AttrValue]) -> bool:
-        """True when the attribute exists and satisfies the condition (a missing one never does)."""
+        """True when the attribute exists and satisfies the condition (a missing one never does).
+
+        Values compare only with values of the same kind (bool, number, string).
+        """
         if self.attribute not in attributes:
             return False
-        actual = _norm(attributes[self.attribute])
+        actual = _tag(attributes[self.attribute])
         if self.op in _ORDERING:
-            if isinstance(actual, bool | str):
+            wanted = self.value
+            if actual[0] != "number":
                 return False
-            return _ORDERING[self.op](actual, self.value)  # type: ignore[arg-type]
+            return _ORDERING[self.op](actual[1], wanted[1])  # type: ignore[arg-type,index]
         if self.op == "in":
-            return actual in self.value  # type: ignore[operator]
+            return actual in self.value
         return (actual == self.value) is (self.op == "==")
 
     def __str__(self) -> str:
@@ -71,17 +83,22 @@ def parse_constraint(text: str) -> Constraint:
     if match is None:
         raise InvalidRequest(f"constraint {text!r} is not 'attribute op value' with op one of == != >= <= > < in")
     attribute, op, raw = match.group(1), match.group(2).strip(), match.group(3)
-    if op == "in":
-        if not (raw.startswith("[") and raw.endswith("]")):
-            raise InvalidRequest(f"constraint {text!r}: 'in' needs a list like [a,b]")
-        items = frozenset(_scalar(item) for item in raw[1:-1].split(",") if item.strip())
-        if not items:
-            raise InvalidRequest(f"constraint {text!r}: the list is empty")
-        return Constraint(attribute, op, items, text)
-    value = _scalar(raw)
+    if raw[:1] in ("=", "<", ">", "!"):
+        raise InvalidRequest(f"constraint {text!r}: unknown operator {op + raw[:1]!r}")
+    try:
+        if op == "in":
+            if not (raw.startswith("[") and raw.endswith("]")):
+                raise InvalidRequest(f"constraint {text!r}: 'in' needs a list like [a,b]")
+            items = frozenset(_tag(_scalar(item)) for item in raw[1:-1].split(",") if item.strip())
+            if not items:
+                raise InvalidRequest(f"constraint {text!r}: the list is empty")
+            return Constraint(attribute, op, items, text)
+        value = _scalar(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"constraint {text!r}: {exc}") from None
     if op in _ORDERING and isinstance(value, bool | str):
         raise InvalidRequest(f"constraint {text!r}: {op} needs a number, got {raw!r}")
-    return Constraint(attribute, op, value, text)
+    return Constraint(attribute, op, _tag(value), text)
 
 
 def parse_constraints(texts: list[str]) -> tuple[Constraint, ...]:

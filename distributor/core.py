@@ -234,7 +234,7 @@ class TaskDistributor(TaskMachine):
         self._now = now
         while (timer := self._timers.pop_due(now)) is not None:
             if timer.kind is TimerKind.HEARTBEAT_CHECK:
-                self._check_heartbeat(timer.key, timer.serial)
+                self._check_heartbeat(timer.key, timer.serial, timer.token)
                 continue
             if timer.kind is TimerKind.FORGET_COLLECTOR:
                 self._forget(timer.key, timer.serial)

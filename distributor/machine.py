@@ -63,7 +63,8 @@ class TaskMachine:
         self.stats = Stats()
         self._new_task_id = new_task_id
         self._tasks: dict[str, TaskRecord] = {}
-        self._finished: deque[str] = deque()
+        self._finished: deque[tuple[str, int]] = deque()  # (task_id, call number)
+        self._calls = 0
         self._timers = TimerHeap()
         self._dirty: set[str] = set()
         self._actions: list[Action] = []
@@ -88,27 +89,42 @@ class TaskMachine:
     # ---- routing -------------------------------------------------------
 
     def _drain(self) -> list[Action]:
-        dirty, depth = self._dirty, self.queue.depth
+        """End of every public call: dispatch what can be, forget old tasks, hand out the actions."""
+        dirty, queue = self._dirty, self.queue
         while dirty:
-            operation = dirty.pop()
-            if depth(operation):  # most operations have nothing queued: skip the pump
-                self._pump(operation)
+            # one dispatch per operation per round, most urgent operation first (highest
+            # priority, then longest waiting), so no operation takes every freed slot
+            ready = [op for op in dirty if queue.depth(op)]
+            if len(ready) > 1:
+                ready.sort(key=queue.rank)
+            dirty.clear()
+            for operation in ready:
+                if self._pump_one(operation):
+                    dirty.add(operation)
+        self._evict()
+        self._calls += 1
         actions, self._actions = self._actions, []
         return actions
 
-    def _pump(self, operation: str) -> None:
-        """Dispatch queued tasks of one operation while an eligible collector has room."""
+    def _evict(self) -> None:
+        """Forget the oldest finished tasks past the history limit (never those finished in this call)."""
+        finished, limit = self._finished, self.config.max_finished_tasks
+        while len(finished) > limit and finished[0][1] < self._calls:
+            self._tasks.pop(finished.popleft()[0], None)
+
+    def _pump_one(self, operation: str) -> bool:
+        """Dispatch the first queued task of ``operation`` that an eligible collector has room for."""
         pool = self.registry.pool(operation)
-        while pool and self.queue.depth(operation):
-            for priority, task_id in self.queue.candidates(operation):
-                task = self._tasks[task_id]
-                state = self._choose(task, pool, priority)
-                if state is not None:
-                    self.queue.pop(task_id)
-                    self._dispatch(task, state)
-                    break
-            else:
-                return  # no queued shape fits a collector with room right now
+        if not pool:
+            return False
+        for priority, task_id in self.queue.candidates(operation):
+            task = self._tasks[task_id]
+            state = self._choose(task, pool, priority)
+            if state is not None:
+                self.queue.pop(task_id)
+                self._dispatch(task, state)
+                return True
+        return False  # no queued shape fits a collector with room right now
 
     def _choose(self, task: TaskRecord, pool: Pool, priority: int) -> CollectorState | None:
         constraints = task.constraints
@@ -275,7 +291,8 @@ class TaskMachine:
             children, parent.children = parent.children, []
             for child_id in children:
                 child = self._tasks.get(child_id)
-                if child is None or child.state is not TaskState.PENDING:
+                # (a child id may name a newer task after the old one was forgotten)
+                if child is None or child.state is not TaskState.PENDING or parent.task_id not in child.waiting_on:
                     continue
                 if parent.state is not TaskState.SUCCEEDED:
                     self._dependency_failed(child, parent)
@@ -291,19 +308,24 @@ class TaskMachine:
         self.stats.finished(state, self._now - task.created_at)
         self._task_event(task)
         self._actions.append(Finished(task.task_id))
-        self._finished.append(task.task_id)
-        while len(self._finished) > self.config.max_finished_tasks:
-            self._tasks.pop(self._finished.popleft(), None)
+        self._finished.append((task.task_id, self._calls))
 
     # ---- collector liveness -------------------------------------------
 
     def _schedule_heartbeat_check(self, state: CollectorState) -> None:
+        """(Re)arm the collector's single heartbeat check; older checks become stale."""
+        state.check_token += 1
         due = state.last_heartbeat + self.config.heartbeat_timeout_s
-        self._timers.add(due, TimerKind.HEARTBEAT_CHECK, state.collector_id, state.order)
+        self._timers.add(due, TimerKind.HEARTBEAT_CHECK, state.collector_id, state.order, state.check_token)
 
-    def _check_heartbeat(self, collector_id: str, order: int) -> None:
+    def _check_heartbeat(self, collector_id: str, order: int, token: int) -> None:
         state = self.registry.find(collector_id)
-        if state is None or state.order != order or state.status is CollectorStatus.UNHEALTHY:
+        if (
+            state is None
+            or state.order != order
+            or state.check_token != token
+            or state.status is CollectorStatus.UNHEALTHY
+        ):
             return
         if state.last_heartbeat + self.config.heartbeat_timeout_s > self._now:
             self._schedule_heartbeat_check(state)

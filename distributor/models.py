@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 SEGMENT = r"^[a-z0-9_-]+$"
 Segment = Annotated[str, Field(pattern=SEGMENT, min_length=1, max_length=64)]
 TaskId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$", min_length=1, max_length=128)]
-AttrValue = str | int | float | bool
+#: attribute values; integers are bounded so every number converts to a float exactly enough
+AttrValue = bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=1024)]
 
 PRIORITY_MIN = 1
 PRIORITY_MAX = 10
@@ -106,7 +107,7 @@ class TaskResult(_Record):
     success: bool
     value: Any = None
     error: ErrorInfo | None = None
-    execution_time_s: float = Field(default=0.0, ge=0)
+    execution_time_s: float = Field(default=0.0, ge=0, le=1e9)
     started_at: float | None = None
     finished_at: float | None = None
 

@@ -92,8 +92,14 @@ class TaskQueue:
         where = self._where.pop(task_id, None)
         if where is None:
             return False
-        self._queues[where[0]].size -= 1
+        self._shrunk(where[0])
         return True
+
+    def _shrunk(self, operation: str) -> None:
+        q = self._queues[operation]
+        q.size -= 1
+        if not q.size:  # drop the operation with every stale entry it still holds
+            del self._queues[operation]
 
     def depth(self, operation: str) -> int:
         q = self._queues.get(operation)
@@ -125,6 +131,12 @@ class TaskQueue:
             for task_id, _ in heads:
                 yield priority, task_id
 
+    def rank(self, operation: str) -> tuple[int, int]:
+        """(-priority, seq) of the operation's most urgent queued task: smaller is more urgent."""
+        for priority, task_id in self.candidates(operation):
+            return (-priority, self._where[task_id][3])
+        return (1, 0)
+
     def _head(self, operation: str, priority: int, shape: Shape, fifo: deque[_Entry]) -> _Entry | None:
         where = self._where
         while fifo:
@@ -137,8 +149,7 @@ class TaskQueue:
     def pop(self, task_id: str) -> None:
         """Take a task handed out by :meth:`candidates` (the head of its FIFO) off the queue."""
         operation, priority, shape, seq = self._where.pop(task_id)
-        q = self._queues[operation]
-        fifo = q.levels[priority][shape]
+        fifo = self._queues[operation].levels[priority][shape]
         if fifo and fifo[0] == (task_id, seq):
             fifo.popleft()
-        q.size -= 1
+        self._shrunk(operation)

@@ -35,6 +35,7 @@ class CollectorState:
     total_execution_s: float = 0.0
     busy_slot_s: float = 0.0
     last_dispatch: int = 0  # global dispatch counter when it last got work
+    check_token: int = 0  # names its one live heartbeat check timer
     #: its key in the active strategy's order while it is in the pools (None: not filed)
     key: Any = None
     #: task_id -> attempt number of every attempt in flight on this collector

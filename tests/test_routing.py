@@ -387,3 +387,67 @@ def test_timers_of_a_forgotten_task_do_not_touch_a_new_task_with_the_same_id() -
 def test_non_finite_times_are_rejected() -> None:
     with pytest.raises(ValueError, match="finite"):
         TaskRequest(operation="work", deadline=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("text", "attrs", "expected"),
+    [
+        ("gpu==1", {"gpu": True}, False),
+        ("n==true", {"n": 1}, False),
+        ("n in [0]", {"n": False}, False),
+        ("n in [0]", {"n": 0}, True),
+        ("v==1", {"v": "1"}, False),
+        ("v=='1'", {"v": "1"}, True),
+    ],
+)
+def test_values_only_equal_values_of_the_same_kind(text: str, attrs: dict[str, AttrValue], expected: bool) -> None:
+    assert parse_constraint(text).holds(attrs) is expected
+
+
+@pytest.mark.parametrize("text", ["x>=nan", "x==inf", "x in [1, nan]", "x===1", "x>=<1"])
+def test_non_finite_numbers_and_doubled_operators_are_rejected(text: str) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_constraint(text)
+
+
+def test_one_operation_does_not_take_every_freed_slot_from_another() -> None:
+    dist = TaskDistributor()
+    for _ in range(50):
+        dist.submit(TaskRequest(operation="a"), 0.0)
+        dist.submit(TaskRequest(operation="b"), 0.0)
+    (d,) = dispatches(dist.register(cap("both", slots=1, ops=("a", "b")), 0.0))
+    ran: Counter[str] = Counter()
+    for _ in range(40):
+        ran[d.task.operation] += 1
+        (d,) = dispatches(dist.complete(result(d), 1.0))
+    assert ran["a"] >= 15 and ran["b"] >= 15
+
+
+def test_a_cancelled_child_whose_id_is_reused_is_not_failed_by_its_old_parent() -> None:
+    dist = TaskDistributor(DistributorConfig(max_finished_tasks=1, max_retries=0))
+    dist.register(cap("a"), 0.0)
+    parent, actions = dist.submit(TaskRequest(operation="work"), 0.0)
+    dist.submit(TaskRequest(operation="work", task_id="c", depends_on=[parent]), 0.0)
+    dist.cancel("c", 0.1)
+    other, _ = dist.submit(TaskRequest(operation="other"), 0.2)
+    dist.cancel(other, 0.3)  # "c" is forgotten
+    q, _ = dist.submit(TaskRequest(operation="other"), 0.4)
+    dist.submit(TaskRequest(operation="work", task_id="c", depends_on=[q]), 0.5)
+    dist.complete(result(dispatches(actions)[0], success=False), 1.0)
+    assert dist.get("c").state is TaskState.PENDING
+
+
+def test_suspect_and_recovery_keep_a_single_heartbeat_check() -> None:
+    dist = TaskDistributor()
+    dist.register(cap("a"), 0.0)
+    for i in range(50):
+        dist.suspect("a", float(i))
+        dist.heartbeat("a", i + 0.5)
+    dist.heartbeat("a", 999.0)
+    dist.tick(1000.0)  # every stale check comes due once and is not re-armed
+    assert len(dist._timers) == 1
+
+
+def test_a_huge_integer_attribute_is_rejected_at_registration() -> None:
+    with pytest.raises(ValueError):
+        cap("a", big=10**400)
