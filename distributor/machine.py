@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributor.actions import Action, Cancel, Dispatch, Finished
-from distributor.constraints import satisfied
 from distributor.errors import InvalidRequest, UnknownTask
 from distributor.events import collector_event, task_event
 from distributor.models import CollectorStatus, ErrorInfo, TaskResult, TaskState
@@ -38,6 +37,10 @@ class DistributorConfig:
     max_finished_tasks: int = 100_000
     #: an unhealthy collector silent this long is forgotten (as if it had deregistered)
     forget_unhealthy_after_s: float = 300.0
+
+
+def _anyone(state: CollectorState) -> bool:
+    return True
 
 
 def _new_task_id() -> str:
@@ -114,30 +117,26 @@ class TaskMachine:
 
     def _pump_one(self, operation: str) -> bool:
         """Dispatch the first queued task of ``operation`` that an eligible collector has room for."""
-        pool = self.registry.pool(operation)
-        if not pool:
+        if not self.registry.supports(operation):
             return False
         for priority, task_id in self.queue.candidates(operation):
             task = self._tasks[task_id]
-            state = self._choose(task, pool, priority)
+            pool = self.registry.pool(operation, priority, task.constraints)
+            state = self._choose(task, pool) if pool else None
             if state is not None:
                 self.queue.pop(task_id)
                 self._dispatch(task, state)
                 return True
         return False  # no queued shape fits a collector with room right now
 
-    def _choose(self, task: TaskRecord, pool: Pool, priority: int) -> CollectorState | None:
-        constraints = task.constraints
-
-        def eligible(c: CollectorState) -> bool:
-            return priority in c.priorities and (not constraints or satisfied(constraints, c.capability.attributes))
-
-        if task.failed_on:  # a retry goes to another collector when one is eligible
+    def _choose(self, task: TaskRecord, pool: Pool) -> CollectorState | None:
+        """Every member of ``pool`` can take the task; a retry prefers one it has not failed on."""
+        if task.failed_on:
             failed = task.failed_on
-            state = self.strategy.select(task.request, pool, lambda c: c.collector_id not in failed and eligible(c))
+            state = self.strategy.select(task.request, pool, lambda c: c.collector_id not in failed)
             if state is not None:
                 return state
-        return self.strategy.select(task.request, pool, eligible)
+        return self.strategy.select(task.request, pool, _anyone)
 
     def _dispatch(self, task: TaskRecord, state: CollectorState) -> None:
         now = self._now

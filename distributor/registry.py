@@ -2,218 +2,46 @@
 
 from __future__ import annotations
 
-import bisect
-import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
+from distributor.collector import CollectorState, OrderKey
+from distributor.constraints import Constraint, satisfied
 from distributor.errors import UnknownCollector
-from distributor.models import CollectorCapability, CollectorInfo, CollectorStatus
+from distributor.models import ALL_PRIORITIES, CollectorCapability, CollectorStatus
+from distributor.pool import Pool
 
-#: smaller sorts first: the collector a strategy prefers
-OrderKey = Callable[["CollectorState"], Any]
-Eligible = Callable[["CollectorState"], bool]
-
-
-@dataclass(slots=True, eq=False)
-class CollectorState:
-    """One registered collector: its capability, its load and its record."""
-
-    capability: CollectorCapability
-    last_heartbeat: float
-    registered_at: float
-    order: int  # registration order, unique: the final tie-breaker everywhere
-    status: CollectorStatus = CollectorStatus.AVAILABLE
-    #: drained by request; kept apart from health so recovering from
-    #: unhealthy restores "draining", not "available"
-    drained: bool = False
-    unhealthy_since: float | None = None
-    current_tasks: int = 0
-    tasks_completed: int = 0
-    tasks_failed: int = 0
-    total_execution_s: float = 0.0
-    busy_slot_s: float = 0.0
-    last_dispatch: int = 0  # global dispatch counter when it last got work
-    check_token: int = 0  # names its one live heartbeat check timer
-    #: its key in the active strategy's order while it is in the pools (None: not filed)
-    key: Any = None
-    #: task_id -> attempt number of every attempt in flight on this collector
-    attempts: dict[str, int] = field(default_factory=dict)
-    #: attempts taken away while it was unhealthy; cancelled when it comes back
-    orphans: list[tuple[str, int]] = field(default_factory=list)
-    priorities: frozenset[int] = frozenset()
-
-    def __post_init__(self) -> None:
-        self.priorities = frozenset(self.capability.priority_levels)
-
-    @property
-    def collector_id(self) -> str:
-        return self.capability.collector_id
-
-    @property
-    def has_room(self) -> bool:
-        return self.current_tasks < self.capability.max_concurrent_tasks
-
-    @property
-    def load(self) -> float:
-        """Fraction of the collector's slots in use."""
-        return self.current_tasks / self.capability.max_concurrent_tasks
-
-    @property
-    def success_rate(self) -> float:
-        """Completed / finished, with one neutral pseudo-success and pseudo-failure: 0.5 for a new collector."""
-        return (self.tasks_completed + 1) / (self.tasks_completed + self.tasks_failed + 2)
-
-    @property
-    def experience(self) -> float:
-        """Tasks completed, normalised to [0, 1): 0 for a new collector, 0.5 after 10."""
-        return self.tasks_completed / (self.tasks_completed + 10)
-
-    @property
-    def score(self) -> float:
-        """best_fit's ranking: success rate x 0.7 + experience x 0.3."""
-        return self.success_rate * 0.7 + self.experience * 0.3
-
-    def utilization(self, now: float) -> float:
-        """Share of its slot-time spent running attempts since it registered."""
-        elapsed = (now - self.registered_at) * self.capability.max_concurrent_tasks
-        return min(1.0, self.busy_slot_s / elapsed) if elapsed > 0 else 0.0
-
-    def info(self, now: float) -> CollectorInfo:
-        done = self.tasks_completed + self.tasks_failed
-        cap = self.capability
-        return CollectorInfo(
-            collector_id=cap.collector_id,
-            collector_type=cap.collector_type,
-            supported_operations=list(cap.supported_operations),
-            attributes=dict(cap.attributes),
-            current_tasks=self.current_tasks,
-            max_concurrent_tasks=cap.max_concurrent_tasks,
-            status=self.status,
-            last_heartbeat=self.last_heartbeat,
-            tasks_completed=self.tasks_completed,
-            tasks_failed=self.tasks_failed,
-            success_rate=self.tasks_completed / done if done else None,
-            total_execution_s=self.total_execution_s,
-            mean_execution_s=self.total_execution_s / done if done else None,
-            utilization=self.utilization(now),
-            score=self.score,
-        )
-
-
-class Pool:
-    """The collectors of one operation that can take work now, in the active strategy's order.
-
-    Collectors are kept in buckets of equal key, the distinct keys in a sorted
-    list: finding the preferred eligible collector looks at the smallest key's
-    bucket first, and moving a collector to another key is a few dict
-    operations. There are few distinct keys for most strategies (a load
-    fraction, a counter), so neither grows with the number of collectors.
-    Within a bucket the collector that entered it first (the one that has
-    waited longest) comes first.
-    """
-
-    __slots__ = ("_buckets", "_ids", "_index", "_keys", "_where", "members")
-
-    def __init__(self) -> None:
-        self.members: dict[str, CollectorState] = {}
-        self._keys: list[Any] = []  # sorted distinct keys
-        self._buckets: dict[Any, dict[str, CollectorState]] = {}
-        self._where: dict[str, Any] = {}  # collector_id -> its key here
-        self._ids: list[str] = []  # members in an array, for uniform sampling
-        self._index: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def put(self, state: CollectorState, key: Any) -> None:
-        """File a collector under ``key`` (a no-op when it is already there)."""
-        cid = state.collector_id
-        old = self._where.get(cid, _MISSING)
-        if old == key:
-            return
-        if old is not _MISSING:
-            self._unfile(cid, old)
-        else:
-            self.members[cid] = state
-            self._index[cid] = len(self._ids)
-            self._ids.append(cid)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = {}
-            bisect.insort(self._keys, key)
-        bucket[cid] = state
-        self._where[cid] = key
-
-    def discard(self, cid: str) -> None:
-        if self.members.pop(cid, None) is None:
-            return
-        self._unfile(cid, self._where.pop(cid))
-        i = self._index.pop(cid)
-        last = self._ids.pop()
-        if last != cid:
-            self._ids[i] = last
-            self._index[last] = i
-
-    def _unfile(self, cid: str, key: Any) -> None:
-        bucket = self._buckets[key]
-        del bucket[cid]
-        if not bucket:
-            del self._buckets[key]
-            del self._keys[bisect.bisect_left(self._keys, key)]
-
-    def best(self, eligible: Eligible) -> CollectorState | None:
-        """The first eligible member in key order."""
-        buckets = self._buckets
-        for key in self._keys:
-            for state in buckets[key].values():
-                if eligible(state):
-                    return state
-        return None
-
-    def sample(self, eligible: Eligible, rng: random.Random, tries: int = 16) -> CollectorState | None:
-        """A uniformly random eligible member."""
-        ids = self._ids
-        for _ in range(min(tries, len(ids))):
-            state = self.members[ids[rng.randrange(len(ids))]]
-            if eligible(state):
-                return state
-        candidates = [s for s in self.members.values() if eligible(s)]
-        return rng.choice(candidates) if candidates else None
-
-    def reorder(self) -> None:
-        """Re-file every member under its current key (after a strategy switch)."""
-        members = list(self.members.values())
-        self._keys, self._buckets, self._where = [], {}, {}
-        for state in members:
-            bucket = self._buckets.get(state.key)
-            if bucket is None:
-                bucket = self._buckets[state.key] = {}
-                bisect.insort(self._keys, state.key)
-            bucket[state.collector_id] = state
-            self._where[state.collector_id] = state.key
-
-
-_MISSING = object()
+__all__ = ["CapabilityRegistry", "CollectorState", "Pool"]
 
 
 def _registration_order(state: CollectorState) -> Any:
     return state.order
 
 
-class CapabilityRegistry:
-    """Collectors indexed by operation, with a per-operation :class:`Pool` of those that can take work.
+#: a task shape for routing: (priority, constraints); priority None when no
+#: collector of the operation restricts its priority levels
+ShapeKey = tuple[int | None, tuple[Constraint, ...]]
+#: shape pools kept per operation (least recently used ones are dropped and rebuilt on demand)
+MAX_SHAPES = 32
 
-    Finding a collector for a task never walks collectors that do not support
-    its operation; re-filing a collector after its load or status changed
-    costs a few dict operations for each of its k operations.
+
+class CapabilityRegistry:
+    """Collectors indexed by operation, with pools of those that can take a task of a given shape now.
+
+    A pool holds exactly the collectors that support the operation, accept
+    the priority, satisfy the constraints, are available and have room. So
+    choosing a collector never walks one that could not take the task, and
+    re-filing a collector after its load or status changed costs a few dict
+    operations for each pool of each of its operations. A pool is built (one
+    pass over the operation's collectors) the first time a shape is routed.
     """
 
     def __init__(self, order: OrderKey = _registration_order) -> None:
         self._collectors: dict[str, CollectorState] = {}
-        self._pools: dict[str, Pool] = {}
-        self._supporting: dict[str, int] = {}
+        self._by_op: dict[str, dict[str, CollectorState]] = {}  # every supporter, any status
+        self._shapes: dict[str, OrderedDict[ShapeKey, Pool]] = {}
+        self._restricted: dict[str, int] = {}  # supporters that do not accept every priority
         self._order = order
         self._seq = 0
 
@@ -261,47 +89,85 @@ class CapabilityRegistry:
         for state in self._collectors.values():
             if state.key is not None:
                 state.key = order(state)
-        for pool in self._pools.values():
-            pool.reorder()
+        for shapes in self._shapes.values():
+            for pool in shapes.values():
+                pool.reorder()
 
     def refresh(self, state: CollectorState) -> None:
         """Re-file a collector after its load, record or status changed."""
         cid = state.collector_id
-        ops = state.capability.supported_operations
         if state.status is CollectorStatus.AVAILABLE and state.has_room:
             key = state.key = self._order(state)
-            pools = self._pools
-            for op in ops:
-                pools[op].put(state, key)
+            for op in state.capability.supported_operations:
+                for shape, pool in self._shapes[op].items():
+                    if _fits(state, shape):
+                        pool.put(state, key)
         else:
             state.key = None
-            for op in ops:
-                self._pools[op].discard(cid)
+            for op in state.capability.supported_operations:
+                for pool in self._shapes[op].values():
+                    pool.discard(cid)
 
-    def pool(self, operation: str) -> Pool | None:
-        """Collectors supporting ``operation`` that are available and have room."""
-        return self._pools.get(operation)
+    def supports(self, operation: str) -> bool:
+        """Whether any registered collector (of any status) offers ``operation``."""
+        return operation in self._by_op
 
-    def available(self, operation: str) -> dict[str, CollectorState]:
-        pool = self._pools.get(operation)
-        return pool.members if pool else {}
-
-    def supporting(self, operation: str) -> int:
-        """How many registered collectors support ``operation`` (any status)."""
-        return self._supporting.get(operation, 0)
+    def pool(self, operation: str, priority: int, constraints: tuple[Constraint, ...] = ()) -> Pool | None:
+        """The collectors that can take a task of this shape right now (None: nobody offers the operation)."""
+        supporters = self._by_op.get(operation)
+        if supporters is None:
+            return None
+        shapes = self._shapes[operation]
+        shape: ShapeKey = (priority if self._restricted.get(operation) else None, constraints)
+        pool = shapes.get(shape)
+        if pool is not None:
+            shapes.move_to_end(shape)
+            return pool
+        pool = Pool()
+        for state in supporters.values():
+            if state.key is not None and _fits(state, shape):
+                pool.put(state, state.key)
+        shapes[shape] = pool
+        if len(shapes) > MAX_SHAPES:
+            shapes.popitem(last=False)
+        return pool
 
     def _index(self, state: CollectorState) -> None:
+        restricted = state.priorities != _ALL
         for op in state.capability.supported_operations:
-            self._supporting[op] = self._supporting.get(op, 0) + 1
-            if op not in self._pools:
-                self._pools[op] = Pool()
+            self._by_op.setdefault(op, {})[state.collector_id] = state
+            self._shapes.setdefault(op, OrderedDict())
+            if restricted:
+                self._count_restricted(op, +1)
 
     def _unindex(self, state: CollectorState) -> None:
         cid = state.collector_id
         state.key = None
+        restricted = state.priorities != _ALL
         for op in state.capability.supported_operations:
-            self._supporting[op] -= 1
-            self._pools[op].discard(cid)
-            if not self._supporting[op]:
-                del self._supporting[op]
-                del self._pools[op]
+            for pool in self._shapes[op].values():
+                pool.discard(cid)
+            if restricted:
+                self._count_restricted(op, -1)
+            supporters = self._by_op[op]
+            del supporters[cid]
+            if not supporters:
+                del self._by_op[op]
+                del self._shapes[op]
+
+    def _count_restricted(self, op: str, delta: int) -> None:
+        before = self._restricted.get(op, 0)
+        after = self._restricted[op] = before + delta
+        if (before == 0) != (after == 0):
+            self._shapes[op].clear()  # shape keys now do (or no longer) depend on the priority
+
+
+_ALL = frozenset(ALL_PRIORITIES)
+
+
+def _fits(state: CollectorState, shape: ShapeKey) -> bool:
+    """Whether a collector can ever take tasks of this shape (room and status aside)."""
+    priority, constraints = shape
+    if priority is not None and priority not in state.priorities:
+        return False
+    return not constraints or satisfied(constraints, state.capability.attributes)

@@ -12,9 +12,10 @@ import random
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from distributor.collector import CollectorState, Eligible
 from distributor.errors import InvalidRequest
 from distributor.models import TaskRequest
-from distributor.registry import CollectorState, Eligible, Pool
+from distributor.pool import Pool
 
 
 class RoutingStrategy(ABC):
