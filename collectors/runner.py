@@ -10,6 +10,8 @@ import re
 import signal
 import socket
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,6 +20,7 @@ import uvloop
 from collectors.builtin import BUILTINS
 from collectors.runtime import CollectorRuntime
 from collectors.sdk import Collector
+from collectors.supervisor import Supervisor
 from distributor.models import AttrValue
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE, exit_code_for
@@ -148,6 +151,69 @@ def run(
     sys.exit(EXIT_OK)
 
 
+@main.command()
+@click.argument("target")
+@click.option("--min", "minimum", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--max", "maximum", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--target-utilization",
+    type=click.FloatRange(0.05, 1.0),
+    default=0.7,
+    show_default=True,
+    help="(busy slots + queued tasks) / slots to aim for",
+)
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True, help="seconds")
+@click.option("--concurrency", type=click.IntRange(min=1), help="max concurrent tasks per collector")
+@click.option("--attr", "attrs", multiple=True, help="attribute KEY=VALUE for every collector (repeatable)")
+@click.option("--socket", type=click.Path(path_type=Path), help="daemon socket path [env EVENTBUS_SOCKET]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def supervise(
+    target: str,
+    minimum: int,
+    maximum: int,
+    target_utilization: float,
+    interval: float,
+    concurrency: int | None,
+    attrs: tuple[str, ...],
+    socket: Path | None,
+    log_level: str,
+) -> None:
+    """Keep between --min and --max collectors of TARGET, scaled on the daemon's figures.
+
+    Example: eventbus-collector supervise demo --min 1 --max 8 --target-utilization 0.7
+    """
+    if minimum > maximum:
+        raise click.BadParameter(f"--min {minimum} is above --max {maximum}", param_hint="--min")
+    try:
+        cls = resolve_target(target)
+    except TargetError as exc:
+        click.echo(f"eventbus-collector: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    setup_logging(log_level, "eventbus-collector")
+    child_args = ["--log-level", log_level]
+    for attr in attrs:
+        parse_attr(attr)  # a bad one is reported now, not by every child
+        child_args += ["--attr", attr]
+    if concurrency:
+        child_args += ["--concurrency", str(concurrency)]
+    supervisor = Supervisor(
+        target=target,
+        operations=frozenset(cls.operations()),
+        slots_per_child=concurrency or cls.max_concurrent_tasks,
+        minimum=minimum,
+        maximum=maximum,
+        target_utilization=target_utilization,
+        interval_s=interval,
+        socket=str(socket) if socket else None,
+        child_args=child_args,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor.run(stop)
+    sys.exit(EXIT_OK)
+
+
 @main.command("list")
 def list_collectors() -> None:
     """Show the collectors that can be run and their operations."""
@@ -160,3 +226,7 @@ def list_collectors() -> None:
         except Exception as exc:  # a broken plugin must not hide the others
             ops = f"(cannot load: {exc})"
         click.echo(f"{name:12} {spec}  operations: {ops}")
+
+
+if __name__ == "__main__":
+    main()
