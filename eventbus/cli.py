@@ -234,6 +234,18 @@ def undrain(ctx: _Ctx, collector_id: str) -> None:
 
 
 @main.command()
+@click.argument("collector_id", required=False)
+@click.option("--all", "every", is_flag=True, help="stop every registered collector")
+@click.pass_obj
+def stop(ctx: _Ctx, collector_id: str | None, every: bool) -> None:
+    """Ask a collector (or --all) to finish its running tasks, deregister and exit."""
+    if bool(collector_id) == every:
+        raise click.UsageError("give a COLLECTOR_ID or --all (not both)")
+    asked = _run(ctx, lambda c: c.stop_collectors(collector_id))
+    _emit(ctx, {"collectors": asked}, lambda: click.echo("\n".join(asked) or "no collectors"))
+
+
+@main.command()
 @click.argument("task_id")
 @click.pass_obj
 def cancel(ctx: _Ctx, task_id: str) -> None:

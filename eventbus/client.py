@@ -208,6 +208,11 @@ class SyncClient:
     def undrain(self, collector_id: str) -> CollectorInfo:
         return CollectorInfo.model_validate(self.request(m.ADMIN_UNDRAIN, {"collector_id": collector_id}))
 
+    def stop_collectors(self, collector_id: str | None = None) -> list[str]:
+        """Ask a collector (None: every collector) to drain and exit; returns whom it asked."""
+        body = {"collector_id": collector_id} if collector_id else {}
+        return [str(cid) for cid in self.request(m.ADMIN_STOP, body)["collectors"]]
+
     # ---- events --------------------------------------------------------
 
     def subscribe(self, *patterns: str) -> None:

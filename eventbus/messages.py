@@ -24,6 +24,7 @@ STATS = "control.admin.stats"
 STRATEGY = "control.admin.strategy"
 ADMIN_DRAIN = "control.admin.drain"
 ADMIN_UNDRAIN = "control.admin.undrain"
+ADMIN_STOP = "control.admin.stop"
 SUBSCRIBE = "control.subscribe"
 UNSUBSCRIBE = "control.unsubscribe"
 # collector -> daemon
@@ -59,6 +60,10 @@ class ListBody(_Body):
 
 class StrategyBody(_Body):
     name: str | None = None
+
+
+class StopBody(_Body):
+    collector_id: Segment | None = Field(default=None, description="None: every collector")
 
 
 class CollectorIdBody(_Body):

@@ -86,6 +86,7 @@ class Service:
             m.STRATEGY: self._strategy,
             m.ADMIN_DRAIN: self._drain_collector,
             m.ADMIN_UNDRAIN: self._undrain_collector,
+            m.ADMIN_STOP: self._stop_collectors,
             m.STATUS: self._status,
             m.COLLECTORS: self._collectors,
             m.STATS: self._stats,
@@ -346,6 +347,20 @@ class Service:
         body = m.parse(m.CollectorIdBody, env.body)
         self.perform(self.distributor.undrain(body.collector_id, self._clock()))
         return self._collector_info(body.collector_id)
+
+    def _stop_collectors(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        """Ask one collector (or all) to drain and exit: ``control.shutdown[.<id>]``."""
+        body = m.parse(m.StopBody, env.body)
+        if body.collector_id is not None:
+            self.distributor.registry.get(body.collector_id)  # UnknownCollector if not registered
+            targets = [body.collector_id]
+        else:
+            targets = [c.collector_id for c in self.distributor.registry]
+        for cid in targets:
+            topic = m.SHUTDOWN if body.collector_id is None else f"{m.SHUTDOWN}.{cid}"
+            self._to_collector(cid, topic, {})
+        log.info("asked %d collectors to stop: %s", len(targets), ",".join(targets))
+        return {"collectors": targets}
 
     def _collector_info(self, collector_id: str) -> dict[str, Any]:
         return self.distributor.registry.get(collector_id).info(self._clock()).model_dump()

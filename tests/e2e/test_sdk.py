@@ -34,6 +34,11 @@ def test_procmond_lists_this_test_process(bus: Bus) -> None:
     mine = [p for p in value["processes"] if p["pid"] == os.getpid()]
     assert len(mine) == 1 and mine[0]["ppid"] == os.getppid()
     assert value["count"] == len(value["processes"]) > 1
+    me = mine[0]["username"]
+    only_me = bus.ctl("--json", "submit", "enumerate_processes", "--payload", json.dumps({"user": me}), "--wait")
+    rows = json.loads(only_me.stdout)["result"]["value"]["processes"]
+    assert rows and all(p["username"] == me for p in rows)
+    assert bus.ctl("submit", "enumerate_processes", "--payload", '{"colour": "red"}', "--wait").returncode == 1
 
 
 def test_typed_operations_validate_payload_and_result(bus: Bus) -> None:
@@ -112,3 +117,17 @@ def test_a_collector_reconnects_to_a_daemon_that_stopped_answering_and_delivers_
         assert collector.popen.poll() is None
     finally:
         bus.close()
+
+
+def test_a_collector_asked_to_stop_by_the_daemon_drains_and_exits_0(bus: Bus) -> None:
+    proc = bus.start_collector("leaver")
+    keeper = bus.start_collector("keeper")
+    out = bus.ctl("--json", "stop", "leaver")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"collectors": ["leaver"]}
+    assert proc.wait(20) == 0
+    assert "shutdown requested by the daemon" in proc.output()
+    with bus.client() as c:
+        assert [i.collector_id for i in c.collectors()] == ["keeper"]
+    assert keeper.popen.poll() is None
+    assert bus.ctl("stop").returncode == 2
+    assert bus.ctl("stop", "nobody").returncode == 4
