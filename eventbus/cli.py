@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from distributor.models import TaskInfo, TaskState
+from distributor.models import CollectorInfo, TaskInfo, TaskState
 from eventbus.client import SyncClient
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
@@ -215,13 +215,17 @@ def strategy(ctx: _Ctx, name: str | None) -> None:
     _emit(ctx, {"strategy": current}, lambda: click.echo(current))
 
 
+def _set_status(ctx: _Ctx, collector_id: str, call: Callable[[SyncClient], CollectorInfo]) -> None:
+    info = _run(ctx, call)
+    _emit(ctx, info.model_dump(mode="json"), lambda: click.echo(f"{collector_id} {info.status.value}"))
+
+
 @main.command()
 @click.argument("collector_id")
 @click.pass_obj
 def drain(ctx: _Ctx, collector_id: str) -> None:
     """Stop sending new tasks to a collector; its running tasks finish."""
-    info = _run(ctx, lambda c: c.drain(collector_id))
-    _emit(ctx, info.model_dump(mode="json"), lambda: click.echo(f"{collector_id} {info.status.value}"))
+    _set_status(ctx, collector_id, lambda c: c.drain(collector_id))
 
 
 @main.command()
@@ -229,8 +233,7 @@ def drain(ctx: _Ctx, collector_id: str) -> None:
 @click.pass_obj
 def undrain(ctx: _Ctx, collector_id: str) -> None:
     """Resume sending tasks to a drained collector."""
-    info = _run(ctx, lambda c: c.undrain(collector_id))
-    _emit(ctx, info.model_dump(mode="json"), lambda: click.echo(f"{collector_id} {info.status.value}"))
+    _set_status(ctx, collector_id, lambda c: c.undrain(collector_id))
 
 
 @main.command()
