@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.metadata
+import logging
 import os
 import re
 import signal
@@ -148,7 +149,19 @@ def run(
     except EventBusError as exc:
         click.echo(f"eventbus-collector: error: {exc}", err=True)
         sys.exit(exit_code_for(exc.code))
+    _exit_despite_stuck_threads()
     sys.exit(EXIT_OK)
+
+
+def _exit_despite_stuck_threads() -> None:
+    """Sync operations that ignore cancellation would keep the process alive at exit: don't wait for them."""
+    stuck = [t for t in threading.enumerate() if t.name.startswith("op_") and t.is_alive()]
+    for thread in stuck:
+        thread.join(0.5)
+    if any(t.is_alive() for t in stuck):
+        logging.getLogger(__name__).warning("operations still running in threads are abandoned at exit")
+        logging.shutdown()
+        os._exit(EXIT_OK)
 
 
 @main.command()

@@ -85,11 +85,9 @@ class CollectorRuntime:
         self._client = Client(
             self._socket, identity=self.collector_id, on_publish=self._on_publish, timeout=self._timeout
         )
-        await self._client.connect()
         heartbeat: asyncio.Task[None] | None = None
         try:
-            await self._register_until_done(stop)
-            if stop.is_set():
+            if not await self._connect_until_done(stop) or not await self._register_until_done(stop):
                 return
             # heartbeats go on while draining, or a long drain would look like death
             heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
@@ -103,25 +101,49 @@ class CollectorRuntime:
             await self._client.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def busy_threads(self) -> int:
+        """Sync operations still running in threads (they ignored cancellation)."""
+        return sum(1 for r in self._running.values() if not r.task.done())
+
+    async def _connect_until_done(self, stop: asyncio.Event) -> bool:
+        """Connect, waiting with backoff for a daemon that is not up yet; False if stopped first."""
+        assert self._client is not None
+        delay = RECONNECT_BASE_S
+        while not stop.is_set():
+            try:
+                await self._client.connect()
+                return True
+            except DaemonUnreachable as exc:
+                log.warning("collector_id=%s: %s; retrying", self.collector_id, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), random.uniform(0, delay))
+            delay = min(delay * 2, RECONNECT_MAX_S)
+        return False
+
     # ---- registration and liveness -----------------------------------
 
     async def _register(self) -> None:
         assert self._client is not None
         reply = await self._client.request(m.REGISTER, self.capability().model_dump())
         self._heartbeat_interval = float(reply.get("heartbeat_interval_s", self._heartbeat_interval))
+        self._client.max_message_size = int(reply.get("max_message_size", self._client.max_message_size))
         log.info("collector_id=%s registered (%s)", self.collector_id, ", ".join(sorted(self._ops)))
+        if not self._accepting:  # registered again while draining (daemon restarted): say so again
+            await self._leave_request(m.DRAIN)
 
-    async def _register_until_done(self, stop: asyncio.Event) -> None:
+    async def _register_until_done(self, stop: asyncio.Event) -> bool:
+        """Register, retrying while the daemon does not answer; once registered, always leave properly."""
         delay = 0.1
         while not stop.is_set():
             try:
                 await self._register()
-                return
+                return True
             except RequestTimeout:
                 log.warning("collector_id=%s: daemon did not answer registration; retrying", self.collector_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 30.0)
+        return False
 
     async def _heartbeat_loop(self) -> None:
         assert self._client is not None
@@ -275,7 +297,8 @@ class CollectorRuntime:
             "fraction": fraction,
             "message": message,
         }
-        self._client.notify(f"{m.RESULT_PREFIX}.{self.collector_id}", body)
+        with contextlib.suppress(EventBusError):  # progress is best effort; never fails the operation
+            self._client.notify(f"{m.RESULT_PREFIX}.{self.collector_id}", body)
 
     # ---- running an attempt ------------------------------------------
 
@@ -293,7 +316,8 @@ class CollectorRuntime:
             result = self._result(ctx, started, False, error=ErrorInfo(type="Cancelled", message="attempt cancelled"))
         except Exception as exc:
             result = self._result(ctx, started, False, error=ErrorInfo(type=type(exc).__name__, message=str(exc)))
-        await self._report(result)
+        # a cancel that crosses the delivery must not cut it: the result stays in the outbox
+        await asyncio.shield(self._report(result))
 
     async def _call(self, request: TaskRequest, ctx: TaskContext) -> Any:
         found = self._ops.get(request.operation)

@@ -10,6 +10,7 @@ finish). A child that dies is restarted with exponential backoff.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -25,6 +26,15 @@ from eventbus.client import SyncClient
 from eventbus.errors import EventBusError
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies, so no collector is orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
 
 RESTART_BASE_S = 0.5
 RESTART_MAX_S = 30.0
@@ -72,6 +82,7 @@ class Supervisor:
     child_args: list[str] = field(default_factory=list)
     children: dict[str, Child] = field(default_factory=dict)
     _next: int = 0
+    _quiet_steps: int = 0  # consecutive looks that wanted fewer children
 
     def run(self, stop: threading.Event) -> None:
         """Supervise until ``stop`` is set, then stop every child gracefully."""
@@ -107,7 +118,12 @@ class Supervisor:
             for _ in range(wanted - len(live)):
                 self._spawn(now)
         elif wanted < len(live):
-            self._retire_one(infos)
+            self._quiet_steps += 1
+            if self._quiet_steps >= 2:  # two looks in a row, so one lull does not flap
+                self._retire_one(infos)
+                self._quiet_steps = 0
+            return
+        self._quiet_steps = 0
 
     def demand(self, infos: list[CollectorInfo], depths: dict[str, int]) -> Demand:
         busy = sum(c.current_tasks for c in infos)
@@ -131,21 +147,23 @@ class Supervisor:
         argv = [sys.executable, "-m", "collectors.runner", "run", self.target, "--id", child.collector_id]
         if self.socket:
             argv += ["--socket", self.socket]
-        child.proc = subprocess.Popen([*argv, *self.child_args])
+        child.proc = subprocess.Popen([*argv, *self.child_args], preexec_fn=_die_with_parent)
         child.started_at = now
         log.info("supervisor: started collector_id=%s pid=%d", child.collector_id, child.proc.pid)
 
     def _reap(self, now: float) -> None:
         for cid, child in list(self.children.items()):
             if child.proc is None:
-                if now >= child.restart_at:
+                if child.retiring:
+                    del self.children[cid]
+                elif now >= child.restart_at:
                     self._start(child, now)
                 continue
             code = child.proc.poll()
             if code is None:
                 continue
-            if child.retiring:
-                log.info("supervisor: collector_id=%s retired (exit %d)", cid, code)
+            if child.retiring or code == 0:  # retired, or asked to stop (eventbusctl stop)
+                log.info("supervisor: collector_id=%s left (exit %d)", cid, code)
                 del self.children[cid]
                 continue
             stable = now - child.started_at >= STABLE_AFTER_S
@@ -161,10 +179,12 @@ class Supervisor:
         if not idle:
             return
         child = self.children[idle[-1]]  # the newest idle one
-        child.retiring = True
         log.info("supervisor: retiring idle collector_id=%s", child.collector_id)
-        if child.proc is not None:
-            child.proc.send_signal(signal.SIGTERM)  # it drains, deregisters and exits
+        if child.proc is None:  # crashed and waiting to restart: just forget it
+            del self.children[child.collector_id]
+            return
+        child.retiring = True
+        child.proc.send_signal(signal.SIGTERM)  # it drains, deregisters and exits
 
     def stop_all(self, timeout: float = 60.0) -> None:
         """SIGTERM every child (each drains) and wait for them."""

@@ -129,8 +129,18 @@ class TaskDistributor(TaskMachine):
         return self._drain()
 
     def reject(self, collector_id: str, task_id: str, attempt: int, now: float) -> list[Action]:
-        """A collector declines an attempt it was sent (it is shutting down): requeued, no retry used."""
+        """A collector declines an attempt it was sent (it is shutting down): requeued, no retry used.
+
+        The collector is drained too, so the task is not offered to it again.
+        """
         self._now = now
+        collector = self.registry.find(collector_id)
+        if collector is not None and not collector.drained:
+            collector.drained = True
+            if collector.status is CollectorStatus.AVAILABLE:
+                collector.status = CollectorStatus.DRAINING
+                self.registry.refresh(collector)
+            self._collector_event("drained", collector)
         task = self._live(task_id, attempt, collector_id)
         if task is None:
             self.stats.stale_messages += 1

@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from distributor.models import CollectorInfo, TaskInfo
 from eventbus import messages as m
-from eventbus.errors import DaemonUnreachable, EventBusError, ProtocolError, RequestTimeout, error_from_code
+from eventbus.errors import DaemonUnreachable, ProtocolError, RequestTimeout, error_from_code
 from eventbus.paths import endpoint, resolve_socket_path
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE, Envelope, Kind, decode, encode
 
@@ -254,7 +254,7 @@ class Client:
         self.timeout = timeout
         self._identity = identity
         self._on_publish = on_publish
-        self._max = max_message_size
+        self.max_message_size = max_message_size
         self._ids = _Ids()
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
         self._ctx: zmq.asyncio.Context | None = None
@@ -272,7 +272,7 @@ class Client:
         """Check the daemon is there and open the connection."""
         probe(self.path)
         self._ctx = zmq.asyncio.Context()
-        self._sock = _dealer(self._ctx, self.path, self._identity, self._max)
+        self._sock = _dealer(self._ctx, self.path, self._identity, self.max_message_size)
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def reconnect(self) -> None:
@@ -283,7 +283,7 @@ class Client:
         await self._disconnect()
         probe(self.path)
         assert self._ctx is not None
-        self._sock = _dealer(self._ctx, self.path, self._identity, self._max)
+        self._sock = _dealer(self._ctx, self.path, self._identity, self.max_message_size)
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _disconnect(self) -> None:
@@ -321,7 +321,7 @@ class Client:
 
     def _handle(self, data: bytes) -> None:
         try:
-            env = decode(data, 2 * self._max)
+            env = decode(data, 2 * self.max_message_size)
         except ProtocolError:
             return  # nothing to correlate it with
         if env.kind is Kind.PUBLISH:
@@ -338,13 +338,13 @@ class Client:
     async def request(self, topic: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send a request and await the reply body; the daemon's errors are raised typed."""
         if self._sock is None:
-            raise EventBusError("client is not connected", code="unreachable")
+            raise DaemonUnreachable(f"not connected to eventbusd at {self.path}")
         corr = self._ids.next()
         fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut
         limit = self.timeout if timeout is None else timeout
         try:
-            await self._sock.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self._max))
+            await self._sock.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size))
             env = await asyncio.wait_for(fut, limit)
         except TimeoutError:
             raise RequestTimeout(f"no answer from eventbusd at {self.path} within {limit:g}s ({topic})") from None
@@ -356,10 +356,12 @@ class Client:
         """Send a request now without awaiting its reply (progress, acceptance).
 
         Sent synchronously, so it keeps its order relative to later requests.
+        Best effort: while disconnected the message is dropped.
         """
         if self._sock is None:
-            raise EventBusError("client is not connected", code="unreachable")
-        sent = self._sock.send(encode(Envelope(Kind.REQUEST, "", topic, body), self._max), zmq.NOBLOCK)
+            log.debug("not connected; %s dropped", topic)
+            return
+        sent = self._sock.send(encode(Envelope(Kind.REQUEST, "", topic, body), self.max_message_size), zmq.NOBLOCK)
         sent.add_done_callback(_consume)
 
     async def submit(self, operation: str, payload: Any = None, **fields: Any) -> str:

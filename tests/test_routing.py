@@ -451,3 +451,13 @@ def test_suspect_and_recovery_keep_a_single_heartbeat_check() -> None:
 def test_a_huge_integer_attribute_is_rejected_at_registration() -> None:
     with pytest.raises(ValueError):
         cap("a", big=10**400)
+
+
+def test_a_collector_that_rejects_an_attempt_is_drained() -> None:
+    dist = TaskDistributor()
+    dist.register(cap("leaving"), 0.0)
+    tid, actions = dist.submit(TaskRequest(operation="work"), 0.0)
+    (d,) = dispatches(actions)
+    assert dispatches(dist.reject("leaving", tid, d.attempt, 1.0)) == []  # not offered back to it
+    (state,) = list(dist.registry)
+    assert state.status.value == "draining" and dist.get(tid).state is TaskState.QUEUED

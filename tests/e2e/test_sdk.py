@@ -131,3 +131,12 @@ def test_a_collector_asked_to_stop_by_the_daemon_drains_and_exits_0(bus: Bus) ->
     assert keeper.popen.poll() is None
     assert bus.ctl("stop").returncode == 2
     assert bus.ctl("stop", "nobody").returncode == 4
+
+
+def test_a_collector_started_before_the_daemon_waits_for_it(bare_bus: Bus) -> None:
+    proc = bare_bus.spawn([command("eventbus-collector"), "run", "demo", "--id", "early"], "early")
+    wait_until(lambda: "retrying" in proc.output(), 15, "the collector to wait")
+    bare_bus.start_daemon()
+    with bare_bus.client() as c:
+        wait_until(lambda: [i.collector_id for i in c.collectors()] == ["early"], 20, "registration")
+        assert c.wait(c.submit("echo", 1), timeout=10).state is TaskState.SUCCEEDED

@@ -46,3 +46,11 @@ def test_the_supervisor_restarts_a_crashed_child(bus: Bus) -> None:
         wait_until(lambda: c.wait(c.submit("echo", 1), timeout=10).state is TaskState.SUCCEEDED, 20, "service")
     sup.signal(signal.SIGTERM)
     assert sup.wait(30) == 0
+
+
+def test_children_stop_when_the_supervisor_is_killed(bus: Bus) -> None:
+    argv = [command("eventbus-collector"), "supervise", "demo", "--min", "2", "--max", "2", "--interval", "0.3"]
+    sup = bus.spawn(argv, "supervisor")
+    wait_until(lambda: len(supervised(bus)) == 2, 20, "two children")
+    sup.signal(signal.SIGKILL)
+    wait_until(lambda: supervised(bus) == [], 20, "the orphans to drain and leave")
