@@ -101,10 +101,6 @@ class CollectorRuntime:
             await self._client.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def busy_threads(self) -> int:
-        """Sync operations still running in threads (they ignored cancellation)."""
-        return sum(1 for r in self._running.values() if not r.task.done())
-
     async def _connect_until_done(self, stop: asyncio.Event) -> bool:
         """Connect, waiting with backoff for a daemon that is not up yet; False if stopped first."""
         assert self._client is not None

@@ -274,7 +274,3 @@ class Broker:
             self._peer_gone(identity)
             return
         del self._queues[identity]
-
-    def queued(self) -> int:
-        """Messages waiting in per-peer queues."""
-        return sum(len(q) for q in self._queues.values())

@@ -170,10 +170,6 @@ def click_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Call
     return decorate
 
 
-def settings_names(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
-
-
 def sample_toml(model: type[BaseModel] = DaemonSettings) -> str:
     """The commented sample config listing every setting with its default (config/eventbusd.toml)."""
     lines = [
