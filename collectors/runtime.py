@@ -276,11 +276,14 @@ class CollectorRuntime:
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
     def _cancel(self, body: dict[str, Any]) -> None:
-        running = self._running.get((str(body.get("task_id")), int(body.get("attempt", 0))))
+        try:
+            cancel = m.CancelBody.model_validate(body)
+        except ValueError as exc:
+            log.error("collector_id=%s: malformed cancel ignored: %s", self.collector_id, exc)
+            return
+        running = self._running.get((cancel.task_id, cancel.attempt))
         if running is not None:
-            log.info(
-                "task_id=%s attempt=%s cancelled: %s", running.ctx.task_id, running.ctx.attempt, body.get("reason")
-            )
+            log.info("task_id=%s attempt=%s cancelled: %s", cancel.task_id, cancel.attempt, cancel.reason)
             running.ctx.cancelled.set()
             running.task.cancel()
 

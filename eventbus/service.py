@@ -10,6 +10,7 @@ bytes)`` callable, so tests can drive it without ZeroMQ.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -395,12 +396,5 @@ class Service:
 
 
 def _distributor_config(settings: DaemonSettings) -> DistributorConfig:
-    return DistributorConfig(
-        max_queue_size=settings.max_queue_size,
-        max_retries=settings.max_retries,
-        heartbeat_timeout_s=settings.heartbeat_timeout_s,
-        retry_backoff_base_ms=settings.retry_backoff_base_ms,
-        retry_backoff_max_ms=settings.retry_backoff_max_ms,
-        max_finished_tasks=settings.max_finished_tasks,
-        forget_unhealthy_after_s=settings.forget_unhealthy_after_s,
-    )
+    """The distributor's limits are daemon settings of the same names (defined once, in the settings)."""
+    return DistributorConfig(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(DistributorConfig)})
