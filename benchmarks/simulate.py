@@ -29,6 +29,7 @@ from distributor import (
     TaskState,
     make_strategy,
 )
+from distributor.history import RECORD_OVERHEAD
 
 OPS_PER_COLLECTOR = 5
 SLOTS = 4
@@ -56,7 +57,13 @@ def simulate(collectors: int, operations: int, tasks: int, strategy: str = "leas
     """Register ``collectors`` over ``operations``, push ``tasks`` through, complete every attempt."""
     rng = random.Random(seed)
     ops = [f"op{i}" for i in range(operations)]
-    config = DistributorConfig(max_queue_size=tasks + 1, heartbeat_timeout_s=1e9, max_finished_tasks=tasks)
+    config = DistributorConfig(
+        max_queue_size=tasks + 1,
+        max_queued_per_operation=tasks + 1,
+        heartbeat_timeout_s=1e9,
+        max_finished_tasks=tasks,
+        max_finished_bytes=tasks * RECORD_OVERHEAD,
+    )
     dist = TaskDistributor(config, strategy=make_strategy(strategy, rng), rng=rng)
     covered: set[str] = set()
     for i in range(collectors):

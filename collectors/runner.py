@@ -23,6 +23,7 @@ from collectors.runtime import CollectorRuntime
 from collectors.sdk import Collector
 from collectors.supervisor import Supervisor
 from distributor.models import AttrValue
+from eventbus.clitypes import FiniteFloatRange
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE, exit_code_for
 from eventbus.logs import setup_logging
@@ -111,7 +112,7 @@ def main() -> None:
 @click.option("--id", "collector_id", help="collector id (default TYPE-HOST-PID)")
 @click.option("--concurrency", type=click.IntRange(min=1), help="max concurrent tasks (default: the class's)")
 @click.option("--attr", "attrs", multiple=True, help="attribute KEY=VALUE (repeatable), e.g. --attr skill=8")
-@click.option("--time-scale", type=click.FloatRange(min=0), help="skilled: seconds of work per difficulty point")
+@click.option("--time-scale", type=FiniteFloatRange(min=0), help="skilled: seconds of work per difficulty point")
 @click_options(CollectorSettings)
 def run(
     target: str,
@@ -170,12 +171,12 @@ def _exit_despite_stuck_threads() -> None:
 @click.option("--max", "maximum", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
     "--target-utilization",
-    type=click.FloatRange(0.05, 1.0),
+    type=FiniteFloatRange(0.05, 1.0),
     default=0.7,
     show_default=True,
     help="(busy slots + queued tasks) / slots to aim for",
 )
-@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True, help="seconds")
+@click.option("--interval", type=FiniteFloatRange(min=0.05), default=2.0, show_default=True, help="seconds")
 @click.option("--concurrency", type=click.IntRange(min=1), help="max concurrent tasks per collector")
 @click.option("--attr", "attrs", multiple=True, help="attribute KEY=VALUE for every collector (repeatable)")
 @click.option("--socket", type=click.Path(path_type=Path), help="daemon socket path [env EVENTBUS_SOCKET]")

@@ -14,10 +14,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from collectors.sdk import Collector, OperationSpec, TaskContext, models_of
-from distributor.models import ALL_PRIORITIES, CollectorCapability, ErrorInfo, TaskRequest, TaskResult
+from distributor.models import (
+    ALL_PRIORITIES,
+    INVALID_RESULT,
+    CollectorCapability,
+    ErrorInfo,
+    TaskRequest,
+    TaskResult,
+)
 from eventbus import messages as m
 from eventbus.client import Client
-from eventbus.errors import DaemonUnreachable, EventBusError, ProtocolError, RequestTimeout, UnknownCollector
+from eventbus.errors import (
+    DaemonUnreachable,
+    EventBusError,
+    Forbidden,
+    ProtocolError,
+    RequestTimeout,
+    UnknownCollector,
+)
+from eventbus.wire import MAX_DEPTH, check_value
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +82,8 @@ class CollectorRuntime:
         self._background: set[asyncio.Task[Any]] = set()
         #: results not yet acknowledged by the daemon, re-sent after a reconnect
         self._outbox: dict[tuple[str, int], dict[str, Any]] = {}
+        #: set when another process took our collector id over: run() raises it after stopping
+        self._superseded: Forbidden | None = None
 
     def capability(self) -> CollectorCapability:
         levels = sorted({p for _, spec in self._ops.values() for p in spec.priority_levels} or ALL_PRIORITIES)
@@ -92,6 +109,9 @@ class CollectorRuntime:
             # heartbeats go on while draining, or a long drain would look like death
             heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
             await stop.wait()
+            if self._superseded is not None:
+                await self._abandon_running()
+                raise self._superseded
             await self._drain_and_leave()
         finally:
             if heartbeat is not None:
@@ -107,14 +127,39 @@ class CollectorRuntime:
         delay = RECONNECT_BASE_S
         while not stop.is_set():
             try:
-                await self._client.connect()
-                return True
-            except DaemonUnreachable as exc:
+                retry_after = await self._id_is_free()
+                if retry_after is None:
+                    await self._client.connect()
+                    return True
+                # the holder may go at any time: ask again each heartbeat interval
+                pause = random.uniform(retry_after / 2, retry_after)
+            except (DaemonUnreachable, RequestTimeout) as exc:
                 log.warning("collector_id=%s: %s; retrying", self.collector_id, exc)
+                pause = random.uniform(0, delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), random.uniform(0, delay))
-            delay = min(delay * 2, RECONNECT_MAX_S)
+                await asyncio.wait_for(stop.wait(), pause)
         return False
+
+    async def _id_is_free(self) -> float | None:
+        """None if our collector id is free; else how long to wait before asking again.
+
+        Asked on a connection without our routing id, because connecting with
+        it would take a live holder's connection over (the daemon's ROUTER
+        hands a routing id to its newest connection), leaving the holder deaf
+        until it reconnects.
+        """
+        async with Client(self._socket, timeout=self._timeout) as probe:
+            reply = await probe.request(m.CLAIM, {"collector_id": self.collector_id})
+        if reply.get("free", True):
+            return None
+        log.warning(
+            "collector_id=%s is held by a live process (pid %s, uid %s); waiting for it to stop",
+            self.collector_id,
+            reply.get("pid"),
+            reply.get("uid"),
+        )
+        return float(reply.get("retry_after_s", self._heartbeat_interval))
 
     # ---- registration and liveness -----------------------------------
 
@@ -134,8 +179,17 @@ class CollectorRuntime:
             try:
                 await self._register()
                 return True
-            except RequestTimeout:
-                log.warning("collector_id=%s: daemon did not answer registration; retrying", self.collector_id)
+            except (RequestTimeout, DaemonUnreachable) as exc:  # a reset connection is taken back when it returns
+                log.warning("collector_id=%s: registration not answered: %s; retrying", self.collector_id, exc)
+            except Forbidden as exc:
+                # another process won the id between our check and our register: let go of
+                # the routing id at once (we displaced its connection), then wait our turn
+                log.warning("collector_id=%s: registration refused: %s", self.collector_id, exc)
+                assert self._client is not None
+                await self._client.close()
+                if not await self._connect_until_done(stop):
+                    return False
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 30.0)
@@ -156,11 +210,16 @@ class CollectorRuntime:
                 with contextlib.suppress(EventBusError):
                     await self._register()
                     self._resend_outbox()
+            except Forbidden as exc:
+                self._lost_id(exc)
+                return
             except (RequestTimeout, DaemonUnreachable):
                 missed += 1
                 log.warning("collector_id=%s: heartbeat not answered (%d in a row)", self.collector_id, missed)
                 if missed >= MISSED_HEARTBEATS:
                     await self._reconnect()
+                    if self._superseded is not None:
+                        return
                     missed = 0
             except EventBusError as exc:
                 log.error("collector_id=%s: heartbeat refused: %s", self.collector_id, exc)
@@ -177,6 +236,10 @@ class CollectorRuntime:
                 await self._client.reconnect()
                 await self._register()
                 break
+            except Forbidden as exc:
+                await self._client.close()  # let go of the routing id: its holder needs it
+                self._lost_id(exc)
+                return
             except EventBusError as exc:
                 log.warning("collector_id=%s: reconnect failed: %s; retrying", self.collector_id, exc)
             await asyncio.sleep(random.uniform(0, delay))
@@ -187,6 +250,23 @@ class CollectorRuntime:
     def _resend_outbox(self) -> None:
         for key in list(self._outbox):
             self._spawn(self._deliver(key))
+
+    def _lost_id(self, exc: Forbidden) -> None:
+        """Another process took our collector id over (we were silent too long): stop serving it."""
+        log.error("collector_id=%s: the daemon gave our id to another process (%s); stopping", self.collector_id, exc)
+        self._superseded = Forbidden(f"collector id {self.collector_id!r} was taken over by another process: {exc}")
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _abandon_running(self) -> None:
+        """Cut running attempts without reporting them: the daemon requeued them when it gave our id away."""
+        self._accepting = False
+        self._abandoning = True
+        running = [r.task for r in self._running.values()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=5)
 
     async def _drain_and_leave(self) -> None:
         assert self._client is not None
@@ -355,11 +435,21 @@ class CollectorRuntime:
         )
 
     async def _report(self, result: TaskResult) -> None:
+        """Send an attempt's result; one the daemon cannot take fails the attempt with ``InvalidResult``.
+
+        Checked here first (map keys, nesting); the encoder then checks that
+        it is msgpack and fits the daemon's ``max_message_size``; whatever
+        the daemon still refuses as a frame comes back correlated.
+        """
         key = (result.task_id, result.attempt)
-        self._outbox[key] = _result_body(result)
-        problem = await self._deliver(key)
-        if problem is not None:  # the value cannot be sent (not msgpack-able, too large)
-            error = ErrorInfo(type="ResultNotSendable", message=problem)
+        body = _result_body(result)
+        problem = _unsendable(body)
+        if problem is None:
+            self._outbox[key] = body
+            problem = await self._deliver(key)
+        if problem is not None:
+            log.warning("task_id=%s attempt=%d: result not sendable: %s", key[0], key[1], problem)
+            error = ErrorInfo(type=INVALID_RESULT, message=f"the operation's result cannot be sent: {problem}")
             failed = result.model_copy(update={"success": False, "value": None, "error": error})
             self._outbox[key] = _result_body(failed)
             await self._deliver(key)
@@ -384,6 +474,15 @@ class CollectorRuntime:
             log.warning("task_id=%s: daemon refused the result: %s", key[0], exc)
         self._outbox.pop(key, None)
         return None
+
+
+def _unsendable(body: dict[str, Any]) -> str | None:
+    """Why the daemon would refuse a result message with ``body`` as a frame (None: it would not)."""
+    try:
+        check_value(body, MAX_DEPTH, above=1)  # inside the envelope
+    except ProtocolError as exc:
+        return exc.message
+    return None
 
 
 def _result_body(result: TaskResult) -> dict[str, Any]:

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from distributor.actions import Action
+from distributor.config import DistributorConfig
 from distributor.constraints import parse_constraints
-from distributor.errors import DuplicateTask, InvalidRequest, InvalidState, QueueFull
-from distributor.machine import DistributorConfig, TaskMachine
+from distributor.errors import DuplicateTask, InvalidRequest, InvalidState
+from distributor.machine import TaskMachine
 from distributor.models import (
     CollectorCapability,
     CollectorInfo,
@@ -45,11 +46,26 @@ class TaskDistributor(TaskMachine):
         """The public view of a task; :class:`UnknownTask` if it is not known."""
         return self._task(task_id).info()
 
+    def owner(self, task_id: str) -> int | None:
+        """Who submitted a task (as passed to :meth:`submit`); :class:`UnknownTask` if it is not known."""
+        return self._task(task_id).owner
+
     def tasks(self, state: TaskState | None = None, operation: str | None = None) -> Iterator[TaskInfo]:
         """Known tasks, newest first, optionally filtered."""
-        for task in reversed(list(self._tasks.values())):
+        for _, info in self.tasks_before(None, state, operation):
+            yield info
+
+    def tasks_before(
+        self, cursor: int | None, state: TaskState | None = None, operation: str | None = None
+    ) -> Iterator[tuple[int, TaskInfo]]:
+        """``(cursor, task)`` for known tasks older than ``cursor`` (None: all), newest first, optionally filtered.
+
+        A task's cursor continues the listing after it. Consume the iterator
+        before the next event: it reads the live task table.
+        """
+        for task in self._listing.older_than(cursor):
             if (state is None or task.state is state) and (operation is None or task.request.operation == operation):
-                yield task.info()
+                yield task.serial, task.info()
 
     def collectors(self, now: float) -> list[CollectorInfo]:
         return [c.info(now) for c in self.registry]
@@ -69,6 +85,8 @@ class TaskDistributor(TaskMachine):
             collectors=len(collectors),
             queue_depths=self.queue.depths(),
             tasks_known=len(self._tasks),
+            tasks_evicted=self.history.evicted,
+            finished_bytes=self.history.bytes,
             utilization={c.collector_id: round(c.utilization(now), 4) for c in collectors},
         )
 
@@ -182,8 +200,12 @@ class TaskDistributor(TaskMachine):
             self._task_event(task, "progress", fraction=fraction, message=message)
         return self._drain()
 
-    def complete(self, result: TaskResult, now: float) -> list[Action]:
-        """An attempt finished. Results of attempts that are no longer current are ignored."""
+    def complete(self, result: TaskResult, now: float, *, size: int = 0) -> list[Action]:
+        """An attempt finished. Results of attempts that are no longer current are ignored.
+
+        ``size`` is the encoded size of the result as received; the finished-task
+        history charges it against ``max_finished_bytes``.
+        """
         self._now = now
         task = self._live(result.task_id, result.attempt, result.collector_id)
         if task is None:
@@ -191,6 +213,7 @@ class TaskDistributor(TaskMachine):
             return self._drain()
         state = self.registry.get(result.collector_id)
         state.total_execution_s += result.execution_time_s
+        task.result_size = size
         if result.success:
             state.tasks_completed += 1
             self._release(state, task)
@@ -205,8 +228,11 @@ class TaskDistributor(TaskMachine):
 
     # ---- client events -------------------------------------------------
 
-    def submit(self, request: TaskRequest, now: float) -> tuple[str, list[Action]]:
-        """Accept a task; returns its id. Raises QueueFull, DuplicateTask or InvalidRequest."""
+    def submit(self, request: TaskRequest, now: float, *, owner: int | None = None) -> tuple[str, list[Action]]:
+        """Accept a task; returns its id. Raises QueueFull, DuplicateTask or InvalidRequest.
+
+        ``owner`` identifies the submitter for the host's own access rules (see :meth:`owner`).
+        """
         self._now = now
         task_id = request.task_id or self._new_task_id()
         if task_id in self._tasks:
@@ -215,12 +241,13 @@ class TaskDistributor(TaskMachine):
             raise InvalidRequest(f"deadline {request.deadline} is already past (now {now:.3f})")
         constraints = parse_constraints(request.constraints)
         parents = self._parents(task_id, request.depends_on)
-        if len(self.queue) + self._pending >= self.config.max_queue_size:
-            raise QueueFull(f"queue is full ({self.config.max_queue_size} tasks)")
+        self._admit(request.operation)
         created = request.created_at or now
         request = request.model_copy(update={"task_id": task_id, "created_at": created})
         self._serial += 1
-        task = TaskRecord(request, task_id, created_at=created, serial=self._serial, constraints=constraints)
+        task = TaskRecord(
+            request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner
+        )
         self._tasks[task_id] = task
         self.stats.tasks_submitted += 1
         if request.deadline is not None:

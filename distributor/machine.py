@@ -8,35 +8,23 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections import deque
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from distributor.actions import Action, Cancel, Dispatch, Finished
-from distributor.errors import InvalidRequest, UnknownTask
+from distributor.config import DistributorConfig
+from distributor.errors import InvalidRequest, QueueFull, UnknownTask
 from distributor.events import collector_event, task_event
-from distributor.models import CollectorStatus, ErrorInfo, TaskResult, TaskState
+from distributor.history import FinishedHistory
+from distributor.listing import TaskListing
+from distributor.models import INVALID_RESULT, CollectorStatus, ErrorInfo, TaskResult, TaskState
 from distributor.queue import TaskQueue
 from distributor.registry import CapabilityRegistry, CollectorState, Pool
 from distributor.stats import Stats
 from distributor.strategies import LeastLoaded, RoutingStrategy
 from distributor.tasks import TaskRecord
 from distributor.timers import TimerHeap, TimerKind
-
-
-@dataclass(slots=True)
-class DistributorConfig:
-    """The distributor's limits; the daemon fills it from its settings."""
-
-    max_queue_size: int = 10_000
-    max_retries: int = 3
-    heartbeat_timeout_s: float = 30.0
-    retry_backoff_base_ms: float = 100.0
-    retry_backoff_max_ms: float = 30_000.0
-    max_finished_tasks: int = 100_000
-    #: an unhealthy collector silent this long is forgotten (as if it had deregistered)
-    forget_unhealthy_after_s: float = 300.0
 
 
 def _anyone(state: CollectorState) -> bool:
@@ -66,13 +54,15 @@ class TaskMachine:
         self.stats = Stats()
         self._new_task_id = new_task_id
         self._tasks: dict[str, TaskRecord] = {}
-        self._finished: deque[tuple[str, int]] = deque()  # (task_id, call number)
+        self._listing = TaskListing(self._tasks)
+        self.history = FinishedHistory(self.config.max_finished_tasks, self.config.max_finished_bytes)
         self._calls = 0
         self._timers = TimerHeap()
         self._dirty: set[str] = set()
         self._actions: list[Action] = []
         self._now = 0.0
         self._pending = 0
+        self._pending_by_operation: Counter[str] = Counter()
         self._in_flight = 0
         self._dispatches = 0
         self._serial = 0
@@ -110,10 +100,20 @@ class TaskMachine:
         return actions
 
     def _evict(self) -> None:
-        """Forget the oldest finished tasks past the history limit (never those finished in this call)."""
-        finished, limit = self._finished, self.config.max_finished_tasks
-        while len(finished) > limit and finished[0][1] < self._calls:
-            self._tasks.pop(finished.popleft()[0], None)
+        """Forget the oldest finished tasks past the history limits (never those finished in this call)."""
+        for task_id in self.history.overflow(self._calls):
+            self._tasks.pop(task_id, None)
+
+    def _admit(self, operation: str) -> None:
+        """Raise :class:`QueueFull` unless a new task of ``operation`` fits both queue limits."""
+        cfg = self.config
+        if len(self.queue) + self._pending >= cfg.max_queue_size:
+            raise QueueFull(f"queue is full ({cfg.max_queue_size} tasks, max_queue_size)")
+        limit = cfg.per_operation_limit
+        if self.queue.depth(operation) + self._pending_by_operation[operation] >= limit:
+            raise QueueFull(
+                f"operation {operation!r} already has {limit} tasks queued or pending (max_queued_per_operation)"
+            )
 
     def _pump_one(self, operation: str) -> bool:
         """Dispatch the first queued task of ``operation`` that an eligible collector has room for."""
@@ -172,7 +172,7 @@ class TaskMachine:
     def _task(self, task_id: str) -> TaskRecord:
         task = self._tasks.get(task_id)
         if task is None:
-            raise UnknownTask(f"no task with id {task_id!r}")
+            raise UnknownTask(self.history.unknown(task_id))
         return task
 
     def _live(self, task_id: str, attempt: int, collector_id: str) -> TaskRecord | None:
@@ -207,11 +207,20 @@ class TaskMachine:
             self._tasks[parent_id].children.append(task.task_id)
         task.state = TaskState.PENDING
         self._pending += 1
+        self._pending_by_operation[task.request.operation] += 1
         self._task_event(task)
+
+    def _unpend(self, task: TaskRecord) -> None:
+        """A pending task leaves the pending set (queued, stopped or failed)."""
+        self._pending -= 1
+        operation = task.request.operation
+        self._pending_by_operation[operation] -= 1
+        if not self._pending_by_operation[operation]:
+            del self._pending_by_operation[operation]
 
     def _enqueue(self, task: TaskRecord, *, front: bool = False, admit: bool = False) -> None:
         if task.state is TaskState.PENDING:
-            self._pending -= 1
+            self._unpend(task)
         task.state = TaskState.QUEUED
         task.collector_id = None
         task.queued_at = self._now
@@ -234,11 +243,11 @@ class TaskMachine:
         elif task.state is TaskState.QUEUED:
             self.queue.remove(task.task_id)
         elif task.state is TaskState.PENDING:
-            self._pending -= 1
+            self._unpend(task)
 
     def _attempt_failed(self, task: TaskRecord, error: ErrorInfo, result: TaskResult | None = None) -> None:
         task.error, task.result = error, result
-        if task.retries >= self.config.max_retries:
+        if task.retries >= self.config.max_retries or error.type == INVALID_RESULT:
             self._finish(task, TaskState.FAILED)
             return
         task.retries += 1
@@ -307,7 +316,9 @@ class TaskMachine:
         self.stats.finished(state, self._now - task.created_at)
         self._task_event(task)
         self._actions.append(Finished(task.task_id))
-        self._finished.append((task.task_id, self._calls))
+        # the payload is not part of the task's public view: only the result is worth keeping
+        task.request = task.request.model_copy(update={"payload": None})
+        self.history.add(task.task_id, self._calls, task.result_size if task.result is not None else 0)
 
     # ---- collector liveness -------------------------------------------
 

@@ -98,6 +98,11 @@ class ErrorInfo(_Record):
     message: str = Field(max_length=65_536)
 
 
+#: error type of an attempt whose result the collector could not send (a map key that is not a
+#: string, nested too deep, too large, not msgpack): not retried, another attempt would do the same
+INVALID_RESULT = "InvalidResult"
+
+
 class TaskResult(_Record):
     """The outcome of one attempt, as reported by the collector that ran it."""
 
@@ -130,6 +135,8 @@ class TaskInfo(_Record):
     error: ErrorInfo | None
     constraints: list[str]
     depends_on: list[str]
+    #: the reply left out ``result.value``: with it the frame would exceed the size limit
+    truncated: bool = False
 
 
 class CollectorInfo(_Record):

@@ -19,6 +19,8 @@ class TaskRecord:
     created_at: float
     serial: int  # unique per record: timers of a forgotten task with the same id never match
     constraints: tuple[Constraint, ...] = ()
+    #: who submitted it, as the host identifies submitters (the daemon: a uid); None if unknown
+    owner: int | None = None
     state: TaskState = TaskState.QUEUED
     attempt: int = 0  # number of the latest attempt dispatched: the fencing token
     retries: int = 0  # failed attempts counted against max_retries
@@ -27,6 +29,8 @@ class TaskRecord:
     dispatched_at: float | None = None
     finished_at: float | None = None
     result: TaskResult | None = None
+    #: encoded size of ``result`` as the host received it (0: not known)
+    result_size: int = 0
     error: ErrorInfo | None = None
     #: collectors on which an attempt failed: a retry goes elsewhere when it can
     failed_on: set[str] = field(default_factory=set)

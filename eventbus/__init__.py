@@ -4,6 +4,8 @@ from eventbus._version import __version__
 from eventbus.client import Client, SyncClient
 from eventbus.errors import (
     ConfigError,
+    ConnectionReset,
+    DaemonRestarted,
     DaemonUnreachable,
     EventBusError,
     InvalidRequest,
@@ -16,6 +18,8 @@ from eventbus.errors import (
 __all__ = [
     "Client",
     "ConfigError",
+    "ConnectionReset",
+    "DaemonRestarted",
     "DaemonUnreachable",
     "EventBusError",
     "InvalidRequest",

@@ -23,6 +23,8 @@ import zmq
 
 from eventbus.errors import ConfigError, SocketInUse
 from eventbus.paths import endpoint
+from eventbus.peers import AccessPolicy, Peer, PeerCache
+from eventbus.zap import DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +33,55 @@ BATCH = 512
 #: first and longest retry interval for peers whose ZeroMQ pipe was full
 FLUSH_RETRY_S = 0.002
 FLUSH_RETRY_MAX_S = 0.1
+#: messages libzmq buffers per peer before a send raises zmq.Again and our
+#: byte-bounded queue takes over. Kept small because libzmq counts messages,
+#: not bytes: this many frames of max_message_size is the worst case per peer.
+PIPE_HWM = 64
+#: inbound frames libzmq buffers per peer before it stops reading that peer
+RECV_HWM = 256
 
-OnMessage = Callable[[bytes, list[bytes]], None]
+OnMessage = Callable[[bytes, list[bytes], Peer], None]
 
 
-def _unset(identity: bytes, frames: list[bytes]) -> None:
+def _unset(identity: bytes, frames: list[bytes], peer: Peer) -> None:
     raise RuntimeError("Broker.start() was not called")
 
 
 class Broker:
     """Owns the ROUTER socket: bind safely, receive in batches, send without ever blocking.
 
-    ``on_message(identity, frames)`` is called for each inbound message.
-    Outbound messages go straight to ZeroMQ; when a peer's pipe is full they
-    wait in that peer's bounded queue, so one slow peer never stalls the rest.
+    ``on_message(identity, frames, peer)`` is called for each inbound message,
+    with the credentials of the connection it came on. Outbound messages go
+    straight to ZeroMQ; when a peer's pipe is full they wait in that peer's
+    queue, bounded in count and in bytes, so one slow peer never stalls the
+    rest nor takes the daemon's memory.
     """
 
-    def __init__(self, path: Path, *, max_message_size: int, peer_queue_limit: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_message_size: int,
+        peer_queue_limit: int,
+        max_pending_bytes_per_peer: int,
+        policy: AccessPolicy,
+    ) -> None:
         self.path = path
         self._on_message: OnMessage = _unset
         self._on_unreachable: Callable[[bytes], None] | None = None
         self._max_message_size = max_message_size
         self._peer_queue_limit = peer_queue_limit
+        self._peer_byte_limit = max_pending_bytes_per_peer
+        self._policy = policy
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
+        self._zap: ZapHandler | None = None
+        self._peers = PeerCache()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
         self._queues: dict[bytes, deque[bytes]] = {}
+        self._queued_bytes: dict[bytes, int] = {}
+        self._overflowing: set[bytes] = set()
         self._read_scheduled = False
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_delay = FLUSH_RETRY_S
@@ -80,19 +104,22 @@ class Broker:
         self._prepare_directory()
         self._take_lock()
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # the ZAP handler must exist before the first peer connects
+        zap = ZapHandler(ctx, self._policy)
         sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
         # unknown or full peers raise instead of silently dropping
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # a reconnecting collector (stable identity) takes over its old pipe
+        # a reconnecting collector (stable identity) takes over its old pipe.
+        # Never add ZMTP heartbeats (HEARTBEAT_IVL) to this socket: libzmq 4.3.5
+        # aborts the process when a handed-over peer's old connection then dies.
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.setsockopt(zmq.RCVHWM, 10_000)
+        sock.setsockopt(zmq.SNDHWM, PIPE_HWM)
+        sock.setsockopt(zmq.RCVHWM, RECV_HWM)
         sock.setsockopt(zmq.LINGER, 500)
         # the transport drops a peer sending frames far past the limit; frames
         # up to twice the limit reach the decoder, which answers with an error
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_message_size)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
         old_umask = os.umask(0o117)  # the socket is born 0660, never world-accessible
         try:
             if self.path.is_socket() or self.path.is_symlink():
@@ -103,6 +130,7 @@ class Broker:
             os.chmod(self.path, 0o660)
         except (zmq.ZMQError, OSError, ConfigError) as exc:
             sock.close(linger=0)
+            zap.close()
             ctx.term()
             self._release_lock()
             if isinstance(exc, ConfigError):
@@ -110,7 +138,8 @@ class Broker:
             raise ConfigError(f"cannot bind {self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
         finally:
             os.umask(old_umask)
-        self._ctx, self._sock, self._loop = ctx, sock, loop
+        self._ctx, self._sock, self._loop, self._zap = ctx, sock, loop, zap
+        zap.start(loop)
         loop.add_reader(self._fd(sock), self._on_readable)
         self._schedule_read()  # frames may already be waiting: the FD only signals edges
         log.info("listening on %s", self.path)
@@ -129,6 +158,9 @@ class Broker:
             self._flush_handle.cancel()
         self._flush()
         self._sock.close(linger=500)
+        if self._zap is not None:
+            self._zap.close()
+            self._zap = None
         self._ctx.term()
         self._sock = None
         with contextlib.suppress(FileNotFoundError):
@@ -185,15 +217,25 @@ class Broker:
             return
         for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             self.received += 1
+            identity = frames[0].bytes
+            body = [f.bytes for f in frames[1:]]
+            # the ZAP handler stamped the connection; libzmq repeats it on every frame
+            peer = self._peers.get(str(frames[-1].get("User-Id")))
             try:
-                self._on_message(frames[0], frames[1:])
+                self._on_message(identity, body, peer)
             except Exception:  # a handler bug must not take the daemon down
-                log.exception("error handling a message from peer %r", frames[0])
+                log.exception("error handling a message from peer %r (%s)", identity, peer.describe())
         self._recheck()
+
+    @property
+    def connections(self) -> tuple[int, int]:
+        """(connections vetted, connections refused) since the start."""
+        zap = self._zap
+        return (zap.connections, zap.refused) if zap is not None else (0, 0)
 
     def _recheck(self) -> None:
         """Schedule a read if frames wait: any send or receive may have consumed the FD's edge."""
@@ -210,16 +252,26 @@ class Broker:
             return False
         queue = self._queues.get(identity)
         if queue is not None:
-            if len(queue) >= self._peer_queue_limit:
+            queued = self._queued_bytes[identity] + len(payload)
+            if len(queue) >= self._peer_queue_limit or queued > self._peer_byte_limit:
                 self.dropped += 1
-                log.warning("send queue of peer %r is full; message dropped", identity)
+                if identity not in self._overflowing:  # once per episode, not per dropped message
+                    self._overflowing.add(identity)
+                    log.warning(
+                        "send queue of peer %r is full (%d messages, %d bytes); dropping what it is sent",
+                        identity,
+                        len(queue),
+                        self._queued_bytes[identity],
+                    )
                 return False
             queue.append(payload)
+            self._queued_bytes[identity] = queued
             return True
         try:
             sock.send_multipart((identity, payload), zmq.NOBLOCK)
         except zmq.Again:
             self._queues[identity] = deque((payload,))
+            self._queued_bytes[identity] = len(payload)
             self._schedule_flush()
             return True
         except zmq.ZMQError as exc:
@@ -235,6 +287,8 @@ class Broker:
     def _peer_gone(self, identity: bytes) -> None:
         self.unreachable += 1
         self._queues.pop(identity, None)
+        self._queued_bytes.pop(identity, None)
+        self._overflowing.discard(identity)
         if self._on_unreachable is not None:
             self._on_unreachable(identity)
 
@@ -264,7 +318,7 @@ class Broker:
         try:
             while queue:
                 sock.send_multipart((identity, queue[0]), zmq.NOBLOCK)
-                queue.popleft()
+                self._queued_bytes[identity] -= len(queue.popleft())
                 self.sent += 1
         except zmq.Again:
             return
@@ -274,3 +328,5 @@ class Broker:
             self._peer_gone(identity)
             return
         del self._queues[identity]
+        del self._queued_bytes[identity]
+        self._overflowing.discard(identity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -14,9 +15,12 @@ import click
 
 from distributor.models import CollectorInfo, TaskInfo, TaskState
 from eventbus.client import SyncClient
+from eventbus.clitypes import FiniteFloatRange
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
+from eventbus.messages import TaskPage
 from eventbus.settings import ClientSettings, click_options, load_settings
+from eventbus.wire import MAX_PAYLOAD_DEPTH, depth
 
 
 class _Ctx:
@@ -59,7 +63,8 @@ def main(click_ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     """Talk to a running eventbusd.
 
     Exit codes: 0 ok, 1 task failed/cancelled/expired, 2 usage, 3 daemon
-    unreachable, 4 rejected by the daemon, 5 timed out.
+    unreachable (or gone or restarted while waiting), 4 rejected by the
+    daemon, 5 timed out.
     """
     ctx = _Ctx(ClientSettings(), as_json)
     click_ctx.obj = ctx
@@ -98,9 +103,40 @@ def _parse_payload(text: str | None) -> Any:
         except OSError as exc:
             raise click.BadParameter(f"cannot read {text[1:]}: {exc.strerror}", param_hint="--payload") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"invalid JSON: {exc}", param_hint="--payload") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--payload") from None
+
+
+def _no_constant(name: str) -> NoReturn:
+    # json.loads takes NaN and Infinity by default; the protocol does not
+    raise ValueError(f"{name} is not a valid payload value (only finite numbers are)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of the range of a float (only finite numbers are valid)")
+    return number
+
+
+def _payload_value(text: str | None) -> Any:
+    """The ``--payload`` value; one that nests deeper than a message may is a usage error."""
+    limit = MAX_PAYLOAD_DEPTH
+    try:
+        value = _parse_payload(text)
+    except RecursionError:  # the JSON parser's own limit, far deeper than the protocol's
+        value = None
+        levels = limit + 1
+    else:
+        levels = depth(value, limit)
+    if levels > limit:
+        raise click.BadParameter(
+            f"nests more than {limit} levels of objects and arrays (the limit for a payload)", param_hint="--payload"
+        )
+    return value
 
 
 @main.command()
@@ -108,12 +144,14 @@ def _parse_payload(text: str | None) -> Any:
 @click.option("--payload", help="JSON payload, @FILE to read it from a file, or - for stdin")
 @click.option("--priority", type=click.IntRange(1, 10), help="1-10, higher first [default 5]")
 @click.option("--timeout-ms", type=click.IntRange(min=1), help="run time limit per attempt [default 30000]")
-@click.option("--deadline-s", type=click.FloatRange(min=0, min_open=True), help="expire if not done within N s")
+@click.option("--deadline-s", type=FiniteFloatRange(min=0, min_open=True), help="expire if not done within N s")
 @click.option("--require", "constraints", multiple=True, help="attribute constraint, e.g. 'skill>=5' (repeatable)")
 @click.option("--after", "depends_on", multiple=True, help="run only after this task succeeded (repeatable)")
 @click.option("--id", "task_id", help="task id (generated when absent)")
 @click.option("--wait", is_flag=True, help="wait for the final result and print it")
-@click.option("--wait-timeout", type=float, default=None, help="give up waiting after N seconds (exit 5)")
+@click.option(
+    "--wait-timeout", type=FiniteFloatRange(min=0), default=None, help="give up waiting after N seconds (exit 5)"
+)
 @click.pass_obj
 def submit(
     ctx: _Ctx,
@@ -134,7 +172,7 @@ def submit(
 
     Example: eventbusctl submit solve --payload '{"difficulty": 7}' --require 'skill>=7' --deadline-s 60
     """
-    value = _parse_payload(payload)
+    value = _payload_value(payload)
     deadline = time.time() + deadline_s if deadline_s is not None else None
 
     def call(client: SyncClient) -> str | TaskInfo:
@@ -190,10 +228,20 @@ def task(ctx: _Ctx, task_id: str) -> None:
 @click.option("--state", type=click.Choice([s.value for s in TaskState]), help="only tasks in this state")
 @click.option("--operation", help="only tasks of this operation")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--after-cursor", help="continue a listing where it stopped (the cursor it printed)")
 @click.pass_obj
-def tasks(ctx: _Ctx, state: str | None, operation: str | None, limit: int) -> None:
-    """List known tasks, newest first."""
-    infos: list[TaskInfo] = _run(ctx, lambda c: c.tasks(state, operation, limit))
+def tasks(ctx: _Ctx, state: str | None, operation: str | None, limit: int, after_cursor: str | None) -> None:
+    """List known tasks, newest first (in as many requests as it takes).
+
+    When more tasks match than --limit, the cursor to continue from is
+    printed to stderr.
+    """
+    if after_cursor is not None and not (after_cursor.isascii() and after_cursor.isdigit()):
+        raise click.BadParameter("is not a cursor this command printed", param_hint="--after-cursor")
+    page: TaskPage = _run(ctx, lambda c: c.task_page(state, operation, limit, after=after_cursor))
+    infos = page.tasks
+    if page.next is not None:
+        click.echo(f"eventbusctl: more tasks: continue with --after-cursor {page.next}", err=True)
 
     def human() -> None:
         for i in infos:
@@ -305,7 +353,7 @@ def stats(ctx: _Ctx) -> None:
 
 @main.command()
 @click.argument("patterns", nargs=-1)
-@click.option("--count", type=int, default=None, help="exit after N events")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="exit after N events")
 @click.pass_obj
 def watch(ctx: _Ctx, patterns: tuple[str, ...], count: int | None) -> None:
     """Stream events matching PATTERNS (default events.#) until interrupted."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ from eventbus.errors import ConfigError, EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE
 from eventbus.logs import setup_logging
 from eventbus.paths import resolve_socket_path
+from eventbus.peers import AccessPolicy
 from eventbus.service import Service
 from eventbus.settings import DaemonSettings, click_options, load_settings
 
@@ -36,12 +38,15 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings.model_copy(update={"socket": self.socket_path})
+        policy = access_policy(settings)
         broker = Broker(
             self.socket_path,
             max_message_size=settings.max_message_size,
             peer_queue_limit=settings.peer_queue_limit,
+            max_pending_bytes_per_peer=settings.max_pending_bytes_per_peer,
+            policy=policy,
         )
-        service = Service(settings, broker.send, loop=loop)
+        service = Service(settings, broker.send, loop=loop, policy=policy)
         broker.start(loop, service.on_message, service.peer_gone)
         ticker = loop.create_task(self._tick(service, stop))
         log.info("eventbusd %s ready on %s (strategy %s)", __version__, self.socket_path, settings.strategy)
@@ -70,6 +75,11 @@ class Daemon:
                 service.tick()
             except Exception:  # a bug in one timer must not stop all timers
                 log.exception("error while firing timers")
+
+
+def access_policy(settings: DaemonSettings) -> AccessPolicy:
+    """Who the daemon serves: its own uid, root, and the allowed uids and groups of the settings."""
+    return AccessPolicy.build(os.getuid(), settings.allowed_uids, settings.allowed_gids, settings.admin_uids)
 
 
 async def _serve(settings: DaemonSettings) -> None:

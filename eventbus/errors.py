@@ -41,6 +41,12 @@ class TooLarge(ProtocolError):
     code = "too_large"
 
 
+class TooDeep(ProtocolError):
+    """A frame nests maps and arrays deeper than the limit (``MAX_DEPTH`` in :mod:`eventbus.wire`)."""
+
+    code = "too_deep"
+
+
 class InvalidTopic(EventBusError):
     """A topic or subscription pattern breaks the namespace rules."""
 
@@ -63,6 +69,21 @@ class DaemonUnreachable(EventBusError):
     """No daemon answers on the socket path."""
 
     code = "unreachable"
+
+
+class ConnectionReset(DaemonUnreachable):
+    """The connection was reset (the daemon stopped or crashed) while a request awaited its answer.
+
+    Whether the daemon acted on that request is unknown.
+    """
+
+    code = "connection_reset"
+
+
+class DaemonRestarted(DaemonUnreachable):
+    """The daemon went away during a wait and the one answering now does not know the task: its fate is unknown."""
+
+    code = "daemon_restarted"
 
 
 class RequestTimeout(EventBusError):
@@ -100,10 +121,16 @@ _BY_CODE: dict[str, type[EventBusError]] = {
 }
 
 
+_PROTOCOL_BY_CODE: dict[str, type[ProtocolError]] = {
+    cls.code: cls for cls in (ProtocolError, BadVersion, UnknownKind, TooLarge, TooDeep)
+}
+
+
 def error_from_code(code: str, message: str) -> EventBusError:
     """Rebuild the typed error a daemon reported (a generic one for codes this side does not know)."""
-    if code in {"bad_frame", "bad_version", "unknown_type", "too_large"}:
-        return ProtocolError(message, code=code)
+    protocol = _PROTOCOL_BY_CODE.get(code)
+    if protocol is not None:
+        return protocol(message, code=code)
     cls = _BY_CODE.get(code)
     if cls is None:
         return EventBusError(message, code=code)
@@ -113,6 +140,8 @@ def error_from_code(code: str, message: str) -> EventBusError:
 __all__ = [
     "BadVersion",
     "ConfigError",
+    "ConnectionReset",
+    "DaemonRestarted",
     "DaemonUnreachable",
     "DuplicateTask",
     "EventBusError",
@@ -124,6 +153,7 @@ __all__ = [
     "QueueFull",
     "RequestTimeout",
     "SocketInUse",
+    "TooDeep",
     "TooLarge",
     "UnknownCollector",
     "UnknownKind",

@@ -7,7 +7,7 @@ EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 #: bad flags, bad payload JSON, bad config
 EXIT_USAGE = 2
-#: no daemon answers on the socket path
+#: no daemon answers on the socket path, or it went away (or restarted) while a command waited
 EXIT_UNREACHABLE = 3
 #: the daemon refused the request: invalid, queue full, unknown id
 EXIT_REJECTED = 4
@@ -16,6 +16,8 @@ EXIT_TIMEOUT = 5
 
 _BY_CODE = {
     "unreachable": EXIT_UNREACHABLE,
+    "connection_reset": EXIT_UNREACHABLE,
+    "daemon_restarted": EXIT_UNREACHABLE,
     "timeout": EXIT_TIMEOUT,
     "config": EXIT_USAGE,
     "socket_in_use": EXIT_USAGE,

@@ -6,11 +6,11 @@ once, where it enters the daemon (or the client, for what the daemon sends).
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distributor.models import Segment, TaskId, TaskResult, TaskState
+from distributor.models import Segment, TaskId, TaskInfo, TaskResult, TaskState
 from eventbus.errors import InvalidRequest
 
 # request topics (client -> daemon)
@@ -31,12 +31,17 @@ UNSUBSCRIBE = "control.unsubscribe"
 REGISTER = "control.collector.register"
 DEREGISTER = "control.collector.deregister"
 DRAIN = "control.collector.drain"
+CLAIM = "control.collector.claim"
 HEARTBEAT_PREFIX = "control.health.heartbeat"
 RESULT_PREFIX = "control.collector.result"
 # daemon -> collector
 TASK_PREFIX = "control.collector.task"
 CANCEL_PREFIX = "control.collector.cancel"
 SHUTDOWN = "control.shutdown"
+
+
+#: a position in the task list, opaque to clients (valid while the daemon runs)
+Cursor = Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
 
 
 class _Body(BaseModel):
@@ -56,6 +61,22 @@ class ListBody(_Body):
     state: TaskState | None = None
     operation: Segment | None = None
     limit: int = Field(default=100, ge=1, le=10_000)
+    after: Cursor | None = Field(default=None, description="the ``next`` of the previous page")
+
+
+class TaskPage(BaseModel):
+    """A ``control.task.list`` reply: tasks newest first and where to continue.
+
+    ``next`` is None when no task is left; ``truncated`` is true when the
+    daemon cut the page to fit the frame limit before ``limit`` tasks (or
+    dropped a task's result value, see ``TaskInfo.truncated``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tasks: list[TaskInfo]
+    next: Cursor | None = None
+    truncated: bool = False
 
 
 class StrategyBody(_Body):

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from distributor import (
     Action,
@@ -35,9 +34,11 @@ from distributor.strategies import STRATEGIES
 from eventbus import messages as m
 from eventbus._version import __version__
 from eventbus.errors import EventBusError, Forbidden, InvalidRequest, ProtocolError, TooLarge, UnknownVerb
+from eventbus.peers import UNKNOWN, AccessPolicy, Peer, process_alive
+from eventbus.replies import encode_reply, task_page
 from eventbus.settings import DaemonSettings
 from eventbus.topics import Subscriptions
-from eventbus.wire import Envelope, Kind, decode, encode, error_body
+from eventbus.wire import Envelope, Kind, decode, encode, error_body, peek_id
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Service:
         send: Send,
         *,
         loop: asyncio.AbstractEventLoop,
+        policy: AccessPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -76,7 +78,14 @@ class Service:
         self.subscriptions = Subscriptions()
         self.distributor.events = False  # built only while somebody subscribes
         self.bad_frames = 0
+        self.forbidden = 0
+        self.undelivered = 0
+        self._policy = policy
         self._peers: dict[str, bytes] = {}  # collector_id -> ZeroMQ identity
+        #: collector_id -> credentials of the connection that registered it
+        self._owners: dict[str, Peer] = {}
+        #: credentials of the connection whose message is being handled
+        self._sender = UNKNOWN
         self._waiters: dict[str, list[_Waiter]] = {}
         self._max = settings.max_message_size
         self._exact: dict[str, Handler] = {
@@ -95,7 +104,8 @@ class Service:
             m.UNSUBSCRIBE: self._unsubscribe,
             m.REGISTER: self._register,
             m.DEREGISTER: self._deregister,
-            m.DRAIN: self._drain_collector,
+            m.DRAIN: self._drain_self,
+            m.CLAIM: self._claim,
         }
         # topics ending in the sender's collector id
         self._per_collector: dict[str, Handler] = {
@@ -105,10 +115,16 @@ class Service:
 
     # ---- inbound -------------------------------------------------------
 
-    def on_message(self, identity: bytes, frames: list[bytes]) -> None:
-        """Handle one inbound ZeroMQ message (identity already split off)."""
+    def on_message(self, identity: bytes, frames: list[bytes], peer: Peer) -> None:
+        """Handle one inbound message (identity split off) from a connection with ``peer``'s credentials."""
+        self._sender = peer
         if len(frames) != 1:
-            self._bad_frame(identity, ProtocolError(f"expected 1 frame after the identity, got {len(frames)}"))
+            self._bad_frame(
+                identity,
+                ProtocolError(
+                    f"expected 1 frame after the identity, got {len(frames)}", correlation_id=peek_id(frames[0])
+                ),
+            )
             return
         try:
             env = decode(frames[0], self._max)
@@ -119,6 +135,7 @@ class Service:
             self._reply_error(identity, env, InvalidRequest(f"the daemon only takes requests, not {env.kind.value}"))
             return
         try:
+            self._authorize(peer, env)
             handler, arg = self._route(env.topic)
             body = handler(identity, env, arg)
         except EventBusError as exc:
@@ -126,6 +143,20 @@ class Service:
             return
         if body is not None:
             self._reply(identity, env.id, env.topic, body)
+
+    def _authorize(self, peer: Peer, env: Envelope) -> None:
+        """Refuse (``forbidden``) peers the policy does not serve, and admin verbs to non-admins."""
+        if not peer.served:  # logged once per connection by the ZAP handler, then counted only
+            self.forbidden += 1
+            raise Forbidden(f"uid {peer.uid} is not allowed to use this daemon ({env.topic})")
+        admin = env.topic in _ADMIN_VERBS or (env.topic == m.STRATEGY and env.body.get("name") is not None)
+        if admin and not self._policy.is_admin(peer):
+            self._refuse(peer, env.topic, "may not use admin verbs")
+
+    def _refuse(self, peer: Peer, topic: str, why: str) -> NoReturn:
+        self.forbidden += 1
+        log.warning("refused %s from %s: uid %d %s", topic, peer.describe(), peer.uid, why)
+        raise Forbidden(f"uid {peer.uid} {why} ({topic})")
 
     def _route(self, topic: str) -> tuple[Handler, str]:
         handler = self._exact.get(topic)
@@ -146,14 +177,21 @@ class Service:
 
     def _reply(self, identity: bytes, corr: str, topic: str, body: dict[str, Any]) -> None:
         try:
-            data = encode(Envelope(Kind.REPLY, corr, topic, body), self._max)
+            data = encode_reply(corr, topic, body, self._max)
         except EventBusError as exc:
             self._reply_error(identity, Envelope(Kind.REQUEST, corr, topic), exc)
             return
-        self._send(identity, data)
+        self._deliver(identity, data)
+
+    def _deliver(self, identity: bytes, data: bytes) -> bool:
+        """Hand a frame to the transport; one it drops (peer gone, or its queue over budget) is counted."""
+        if self._send(identity, data):
+            return True
+        self.undelivered += 1
+        return False
 
     def _reply_error(self, identity: bytes, env: Envelope, exc: EventBusError) -> None:
-        self._send(identity, encode(Envelope(Kind.ERROR, env.id, env.topic, error_body(exc.code, exc.message))))
+        self._deliver(identity, encode(Envelope(Kind.ERROR, env.id, env.topic, error_body(exc.code, exc.message))))
 
     def _publish(self, identity: bytes, topic: str, body: dict[str, Any]) -> bool:
         try:
@@ -161,7 +199,7 @@ class Service:
         except EventBusError as exc:
             log.error("cannot publish on %s: %s", topic, exc)
             return False
-        return self._send(identity, data)
+        return self._deliver(identity, data)
 
     def perform(self, actions: Iterable[Action]) -> None:
         """Carry out the distributor's actions in order (and those that carrying them out causes)."""
@@ -220,7 +258,7 @@ class Service:
                 f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
             )
         request = m.parse(TaskRequest, env.body)
-        task_id, actions = self.distributor.submit(request, self._clock())
+        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid)
         self.perform(actions)
         return {"task_id": task_id}
 
@@ -258,13 +296,17 @@ class Service:
 
     def _cancel(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.TaskIdBody, env.body)
+        owner, sender = self.distributor.owner(body.task_id), self._sender
+        if owner != sender.uid and not self._policy.is_admin(sender):
+            self._refuse(sender, env.topic, f"may not cancel a task submitted by uid {owner}")
         self.perform(self.distributor.cancel(body.task_id, self._clock()))
         return self.distributor.get(body.task_id).model_dump()
 
     def _list(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.ListBody, env.body)
-        found = itertools.islice(self.distributor.tasks(body.state, body.operation), body.limit)
-        return {"tasks": [info.model_dump() for info in found]}
+        after = None if body.after is None else int(body.after)
+        found = self.distributor.tasks_before(after, body.state, body.operation)
+        return task_page(found, body.limit, env.id, env.topic, self._max)
 
     def _strategy(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.StrategyBody, env.body)
@@ -293,6 +335,8 @@ class Service:
     def _stats(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         snap = self.distributor.snapshot(self._clock())
         snap["bad_frames"] = self.bad_frames
+        snap["forbidden"] = self.forbidden
+        snap["messages_undelivered"] = self.undelivered
         snap["subscribers"] = len(self.subscriptions)
         return snap
 
@@ -312,7 +356,14 @@ class Service:
 
     def _register(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         capability = m.parse(CollectorCapability, env.body)
-        self._peers[capability.collector_id] = identity
+        cid, peer = capability.collector_id, self._sender
+        if identity != cid.encode():
+            raise Forbidden(f"a collector's routing id must be its collector_id {cid!r}; got {identity!r}")
+        owner = self._owners.get(cid)
+        if owner is not None and not _same_process(owner, peer):
+            self._take_over(cid, owner, peer)
+        self._owners[cid] = peer
+        self._peers[cid] = identity
         self.perform(self.distributor.register(capability, self._clock()))
         log.info(
             "collector_id=%s registered: type=%s operations=%s max_concurrent_tasks=%d",
@@ -327,15 +378,76 @@ class Service:
             "max_message_size": self._max,
         }
 
+    def _holder(self, cid: str) -> tuple[Peer | None, float]:
+        """The live holder of a collector id (None if free) and how long it has been silent.
+
+        An id is held while the process that registered it exists and has
+        heartbeated within two heartbeat intervals.
+        """
+        owner = self._owners.get(cid)
+        state = self.distributor.registry.find(cid)
+        silent_s = self._clock() - state.last_heartbeat if state is not None else float("inf")
+        if owner is None or not process_alive(owner.pid) or silent_s > 2 * self.settings.heartbeat_interval_s:
+            return None, silent_s
+        return owner, silent_s
+
+    def _claim(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        """Whether a collector id is free to register, asked before connecting with it as routing id."""
+        cid = m.parse(m.CollectorIdBody, env.body).collector_id
+        holder, silent_s = self._holder(cid)
+        if holder is None or _same_process(holder, self._sender):
+            return {"collector_id": cid, "free": True}
+        return {
+            "collector_id": cid,
+            "free": False,
+            "pid": holder.pid,
+            "uid": holder.uid,
+            "silent_s": silent_s,
+            "retry_after_s": self.settings.heartbeat_interval_s,
+        }
+
+    def _take_over(self, cid: str, owner: Peer, peer: Peer) -> None:
+        """A new process registers a collector id: refused while the holder lives, else it takes over."""
+        holder, silent_s = self._holder(cid)
+        if holder is not None:
+            log.warning(
+                "collector_id=%s: register from %s refused: the id is held by %s (last heartbeat %.1fs ago)",
+                cid,
+                peer.describe(),
+                owner.describe(),
+                silent_s,
+            )
+            raise Forbidden(
+                f"collector id {cid!r} is held by a live connection (pid {owner.pid}, uid {owner.uid}); "
+                "stop it first or use another --id"
+            )
+        log.warning(
+            "collector_id=%s: %s takes over from %s (%s); its attempts are requeued",
+            cid,
+            peer.describe(),
+            owner.describe(),
+            "process gone" if not process_alive(owner.pid) else f"silent for {silent_s:.1f}s",
+        )
+        if self.distributor.registry.find(cid) is not None:
+            self.perform(self.distributor.deregister(cid, self._clock()))
+
     def _owned(self, identity: bytes, collector_id: str) -> None:
-        if self._peers.get(collector_id, identity) != identity:
-            raise Forbidden(f"collector {collector_id!r} is registered by another connection")
+        """Only the connection that registered a collector (or its process, reconnected) acts for it."""
+        owner = self._owners.get(collector_id)
+        if self._peers.get(collector_id, identity) != identity or (
+            owner is not None and not _same_process(owner, self._sender)
+        ):
+            holder = f" ({owner.describe()})" if owner is not None else ""
+            raise Forbidden(f"collector {collector_id!r} is registered by another connection{holder}")
+        if owner is not None:
+            self._owners[collector_id] = self._sender  # the same process, maybe on a new connection
 
     def _deregister(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.CollectorIdBody, env.body)
         self._owned(identity, body.collector_id)
         self.perform(self.distributor.deregister(body.collector_id, self._clock()))
         self._peers.pop(body.collector_id, None)
+        self._owners.pop(body.collector_id, None)
         log.info("collector_id=%s deregistered", body.collector_id)
         return {"collector_id": body.collector_id}
 
@@ -343,6 +455,11 @@ class Service:
         body = m.parse(m.CollectorIdBody, env.body)
         self.perform(self.distributor.drain(body.collector_id, self._clock()))
         return self._collector_info(body.collector_id)
+
+    def _drain_self(self, identity: bytes, env: Envelope, arg: str) -> dict[str, Any]:
+        """A collector draining itself (SIGTERM): only for the collector the connection registered."""
+        self._owned(identity, m.parse(m.CollectorIdBody, env.body).collector_id)
+        return self._drain_collector(identity, env, arg)
 
     def _undrain_collector(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.CollectorIdBody, env.body)
@@ -390,9 +507,18 @@ class Service:
                 raise InvalidRequest("a 'result' event needs a result for the same task_id and attempt")
             if result.collector_id != collector_id:
                 raise Forbidden(f"result names collector {result.collector_id!r}, sent as {collector_id!r}")
-            actions = d.complete(result, now)
+            # the frame size stands for the result's size: the history is bounded by it
+            actions = d.complete(result, now, size=env.size)
         self.perform(actions)
         return {"task_id": event.task_id}
+
+
+#: verbs only the daemon's uid, root and admin_uids may use (and strategy with a name)
+_ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP})
+
+
+def _same_process(a: Peer, b: Peer) -> bool:
+    return a.pid == b.pid and a.uid == b.uid
 
 
 def _distributor_config(settings: DaemonSettings) -> DistributorConfig:

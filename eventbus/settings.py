@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from distributor.history import RECORD_OVERHEAD
 from distributor.strategies import STRATEGIES
 from eventbus.errors import ConfigError
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE
@@ -44,17 +45,54 @@ class DaemonSettings(_Settings):
     max_message_size: int = Field(
         default=DEFAULT_MAX_MESSAGE_SIZE, ge=1024, le=256 << 20, description="largest frame accepted, in bytes"
     )
-    max_queue_size: int = Field(default=10_000, ge=1, description="queued tasks across all operations")
+    max_queue_size: int = Field(
+        default=10_000, ge=1, description="queued or pending tasks across all operations (the global cap)"
+    )
+    max_queued_per_operation: int | None = Field(
+        default=None,
+        ge=1,
+        description="queued or pending tasks of any one operation, at most max_queue_size "
+        "(unset: half of max_queue_size, so one unserved operation cannot fill the queue for all)",
+    )
     max_retries: int = Field(default=3, ge=0, le=100, description="retries of a failed attempt before a task fails")
     retry_backoff_base_ms: float = Field(default=100.0, gt=0, description="first retry backoff cap, doubled per retry")
-    retry_backoff_max_ms: float = Field(default=30_000.0, gt=0, description="largest retry backoff")
+    retry_backoff_max_ms: float = Field(
+        default=30_000.0, gt=0, description="largest retry backoff, at least retry_backoff_base_ms"
+    )
     heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often collectors are asked to heartbeat")
-    heartbeat_timeout_s: float = Field(default=30.0, gt=0, description="silence after which a collector is unhealthy")
+    heartbeat_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="silence after which a collector is unhealthy, at least twice heartbeat_interval_s",
+    )
     max_finished_tasks: int = Field(default=100_000, ge=1, description="finished tasks kept for queries")
+    max_finished_bytes: int = Field(
+        default=64 << 20,
+        ge=1 << 20,
+        description="estimated memory of the finished tasks kept for queries, at least max_message_size: "
+        f"each counts its result's encoded size plus {RECORD_OVERHEAD} bytes; the oldest are evicted first",
+    )
     forget_unhealthy_after_s: float = Field(
         default=300.0, gt=0, description="an unhealthy collector silent this long is removed"
     )
     peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
+    max_pending_bytes_per_peer: int = Field(
+        default=8 << 20,
+        ge=1 << 16,
+        description="bytes buffered per slow peer before dropping; a collector over it is treated as stuck "
+        "(its attempts are requeued), a client loses the replies sent past it",
+    )
+    allowed_uids: tuple[int, ...] = Field(
+        default=(), description="uids served besides the daemon's own and root (repeat the flag; JSON list in env)"
+    )
+    allowed_gids: tuple[int, ...] = Field(
+        default=(), description="members of these groups (primary or supplementary) are served too"
+    )
+    admin_uids: tuple[int, ...] = Field(
+        default=(),
+        description="uids allowed admin verbs (strategy change, drain, undrain, stop, cancelling others' tasks) "
+        "besides the daemon's own and root",
+    )
     tick_interval_s: float = Field(default=0.05, gt=0, le=5, description="timer resolution (timeouts, retries)")
 
     @field_validator("strategy")
@@ -63,6 +101,34 @@ class DaemonSettings(_Settings):
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r} (known: {', '.join(sorted(STRATEGIES))})")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DaemonSettings:
+        for low, high, factor in _AT_MOST:
+            low_value, high_value = getattr(self, low), getattr(self, high)
+            if low_value is not None and low_value * factor > high_value:
+                raise _Conflict((low, low_value), (high, high_value), factor)
+        return self
+
+
+#: (low, high, factor): settings accepted only when low * factor <= high
+_AT_MOST: tuple[tuple[str, str, float], ...] = (
+    # a collector must be able to miss one heartbeat without being declared dead
+    ("heartbeat_interval_s", "heartbeat_timeout_s", 2.0),
+    ("retry_backoff_base_ms", "retry_backoff_max_ms", 1.0),
+    ("max_queued_per_operation", "max_queue_size", 1.0),
+    # a history smaller than one result forgets every result at once
+    ("max_message_size", "max_finished_bytes", 1.0),
+)
+
+
+class _Conflict(ValueError):
+    """Two settings contradict each other (raised inside validation, reported by :func:`load_settings`)."""
+
+    def __init__(self, low: tuple[str, Any], high: tuple[str, Any], factor: float) -> None:
+        times = "" if factor == 1 else f"{factor:g} times "
+        super().__init__(f"{high[0]} must be at least {times}{low[0]}")
+        self.low, self.high = low, high
 
 
 class ClientSettings(_Settings):
@@ -108,16 +174,28 @@ def load_settings(
             data[name] = _from_env(raw, field.annotation)
             origin[name] = env_name(name)
     for name, value in (flags or {}).items():
-        if value is not None:
+        if value is not None and value != ():  # () is a repeatable flag not given
             data[name] = value
             origin[name] = "--" + name.replace("_", "-")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
+        conflict = err.get("ctx", {}).get("error")
+        if isinstance(conflict, _Conflict):
+            raise ConfigError(_conflict_message(conflict, origin)) from exc
         key = str(err["loc"][0]) if err["loc"] else "?"
         where = origin.get(key, "settings")
         raise ConfigError(f"invalid setting {key!r} from {where}: {err['msg']}") from exc
+
+
+def _conflict_message(conflict: _Conflict, origin: Mapping[str, str]) -> str:
+    def named(setting: tuple[str, Any]) -> str:
+        name, value = setting
+        shown = f"{value:g}" if isinstance(value, float) else value
+        return f"{name}={shown} from {origin.get(name, 'the default')}"
+
+    return f"contradicting settings: {conflict}; got {named(conflict.high)} and {named(conflict.low)}"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -133,7 +211,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _from_env(raw: str, annotation: Any) -> Any:
     """Env values are strings; lists and maps are written as JSON."""
     origin = typing.get_origin(annotation)
-    if origin in (list, dict):
+    if origin in (list, dict, tuple):
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
@@ -149,7 +227,9 @@ def _click_type(annotation: Any) -> Any:
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _click_type(args[0])
     if annotation is Path:
-        return click.Path(path_type=Path)
+        # no access check here: whether a socket can be used is found out by connecting to it,
+        # which names the reason (click would call an unreadable socket a usage error)
+        return click.Path(path_type=Path, readable=False)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return click.Choice([m.value for m in annotation])
     return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(annotation, click.STRING)
@@ -164,6 +244,10 @@ def click_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Call
                 continue
             flag = "--" + name.replace("_", "-")
             helptext = f"{field.description} [env {env_name(name)}; default {field.default}]"
+            if typing.get_origin(field.annotation) is tuple:  # a list setting: a repeatable flag
+                item = _click_type(typing.get_args(field.annotation)[0])
+                func = click.option(flag, name, type=item, multiple=True, help=helptext)(func)
+                continue
             func = click.option(flag, name, type=_click_type(field.annotation), default=None, help=helptext)(func)
         return func
 
@@ -181,6 +265,8 @@ def sample_toml(model: type[BaseModel] = DaemonSettings) -> str:
         default = field.default
         if default is None:
             value = '""  # unset'
+        elif isinstance(default, tuple):
+            value = json.dumps(list(default))
         elif isinstance(default, bool):
             value = str(default).lower()
         elif isinstance(default, str | Path):

@@ -6,17 +6,25 @@ See docs/PROTOCOL.md for the normative description.
 from __future__ import annotations
 
 import enum
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from eventbus.errors import BadVersion, ProtocolError, TooLarge, UnknownKind
+from eventbus.errors import BadVersion, ProtocolError, TooDeep, TooLarge, UnknownKind
 from eventbus.topics import validate_topic
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 MAX_ID_LENGTH = 64
+#: maps and arrays a frame sent to the daemon may nest, the envelope map counted as level 1
+MAX_DEPTH = 64
+#: extra levels a peer accepts in what the daemon sends: the daemon embeds values it took
+#: at MAX_DEPTH in records (a result value sits two levels deeper in a task list reply)
+DEPTH_HEADROOM = 8
+#: levels a task payload may nest: it sits in a submit's body, inside the envelope
+MAX_PAYLOAD_DEPTH = MAX_DEPTH - 2
 
 
 class Kind(enum.StrEnum):
@@ -57,19 +65,28 @@ def encode(env: Envelope, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
     return data
 
 
-def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Envelope:
-    """Parse and check one frame. Every failure is a :class:`ProtocolError` subclass."""
+def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int = MAX_DEPTH) -> Envelope:
+    """Parse and check one frame. Every failure is a :class:`ProtocolError` subclass.
+
+    The error's ``correlation_id`` is the frame's ``id`` whenever the envelope
+    head can be read, even when the rest of the frame cannot.
+    """
     if len(data) > max_size:
-        raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
+        raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}", correlation_id=peek_id(data))
     try:
+        # strict keys: a map with int keys would be hashed by a predictable hash (a flooding risk)
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except msgpack.StackError as exc:  # deeper than msgpack's own stack, far past max_depth
+        raise _too_deep(max_depth, peek_id(data)) from exc
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError(f"frame is not valid msgpack: {type(exc).__name__}") from exc
+        raise ProtocolError(f"frame is not valid msgpack: {_why(exc)}", correlation_id=peek_id(data)) from exc
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     corr = raw.get("id")
     if not isinstance(corr, str) or len(corr) > MAX_ID_LENGTH:
         raise ProtocolError(f"envelope 'id' must be a string of at most {MAX_ID_LENGTH} characters")
+    if depth(raw, max_depth) > max_depth:
+        raise _too_deep(max_depth, corr)
     version = raw.get("v")
     if version != PROTOCOL_VERSION:
         raise BadVersion(
@@ -91,6 +108,78 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Envelope:
     if extra:
         raise ProtocolError(f"unknown envelope fields: {sorted(extra)}", correlation_id=corr)
     return Envelope(kind, corr, topic, body, len(data))  # type: ignore[arg-type]
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValueError) and "map key" in str(exc):
+        return "map keys must be strings"
+    return type(exc).__name__
+
+
+def _too_deep(max_depth: int, corr: str) -> TooDeep:
+    return TooDeep(f"message nests maps and arrays more than {max_depth} levels deep (the limit)", correlation_id=corr)
+
+
+_CONTAINERS = (dict, list)
+
+
+def depth(value: Any, limit: int) -> int:
+    """How many levels of maps and arrays ``value`` nests (a scalar: 0), counted up to ``limit + 1``.
+
+    Iterative, breadth first: deep input never recurses, and counting stops
+    one level past ``limit``. Map keys are not visited.
+    """
+    level = [value] if type(value) in _CONTAINERS else []
+    levels = 0
+    while level and levels <= limit:
+        levels += 1
+        # one comprehension per level: the per-item loop overhead is most of the cost
+        level = [v for item in level for v in (item.values() if type(item) is dict else item) if type(v) in _CONTAINERS]
+    return levels
+
+
+def check_value(value: Any, max_depth: int = MAX_DEPTH, *, above: int = 0) -> None:
+    """Raise what the daemon would answer to ``value`` sent ``above`` levels deep in a frame:
+    :class:`TooDeep` past ``max_depth`` levels, :class:`ProtocolError` for a map key that is not a string.
+
+    Unlike :func:`depth` it accepts what a sender may hold (tuples, dict
+    subclasses) and visits map keys.
+    """
+    level, levels = [value], above + 1  # the level of what ``level`` holds, if containers
+    while True:
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                bad = next((k for k in item if not isinstance(k, str)), None)
+                if bad is not None:
+                    raise ProtocolError(f"map keys must be strings, found {type(bad).__name__} key {bad!r:.40}")
+                below += [v for v in item.values() if isinstance(v, dict | list | tuple)]
+            elif isinstance(item, list | tuple):
+                below += [v for v in item if isinstance(v, dict | list | tuple)]
+        if not below:
+            return
+        levels += 1
+        if levels > max_depth:
+            raise _too_deep(max_depth, "")
+        level = below
+
+
+def peek_id(data: bytes) -> str:
+    """The ``id`` of a frame read from its head alone ("" when it cannot be read).
+
+    Used for frames that cannot be decoded whole, so the answer still
+    correlates: encoders write ``id`` before ``body``, so only small values are read.
+    """
+    try:
+        unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=True)
+        for _ in range(min(unpacker.read_map_header(), 8)):
+            if unpacker.unpack() == "id":
+                corr = unpacker.unpack()
+                return corr if isinstance(corr, str) and len(corr) <= MAX_ID_LENGTH else ""
+            unpacker.skip()
+    except Exception:  # garbage: nothing to correlate with
+        return ""
+    return ""
 
 
 MAX_ERROR_MESSAGE = 1024

@@ -26,6 +26,7 @@ from distributor import (
     UnknownCollector,
     UnknownTask,
 )
+from distributor.history import RECORD_OVERHEAD
 
 
 def cap(cid: str, ops: tuple[str, ...] = ("echo",), slots: int = 2, **kw: object) -> CollectorCapability:
@@ -134,10 +135,33 @@ def test_one_operation_without_collectors_does_not_delay_another(dist: TaskDistr
 def test_queue_full_rejects_new_submissions() -> None:
     dist = TaskDistributor(DistributorConfig(max_queue_size=2))
     dist.submit(TaskRequest(operation="echo"), 0.0)
-    dist.submit(TaskRequest(operation="echo"), 0.0)
-    with pytest.raises(QueueFull):
-        dist.submit(TaskRequest(operation="echo"), 0.0)
+    dist.submit(TaskRequest(operation="sleep"), 0.0)
+    with pytest.raises(QueueFull, match="max_queue_size"):
+        dist.submit(TaskRequest(operation="compute"), 0.0)
     assert dist.snapshot(0.0)["tasks_submitted"] == 2
+
+
+def test_an_unserved_operation_cannot_fill_the_queue_for_the_others() -> None:
+    dist = TaskDistributor(DistributorConfig(max_queue_size=10))
+    for _ in range(5):  # the default per-operation limit: half of max_queue_size
+        dist.submit(TaskRequest(operation="nobody"), 0.0)
+    with pytest.raises(QueueFull, match=r"operation 'nobody' .* 5 tasks .*max_queued_per_operation"):
+        dist.submit(TaskRequest(operation="nobody"), 0.0)
+    dist.register(cap("c1"), 1.0)
+    tid, actions = dist.submit(TaskRequest(operation="echo"), 1.0)
+    assert [d.task.task_id for d in dispatches(actions)] == [tid]
+
+
+def test_pending_tasks_count_against_their_operations_limit() -> None:
+    dist = TaskDistributor(DistributorConfig(max_queue_size=10, max_queued_per_operation=2))
+    parent, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    child, _ = dist.submit(TaskRequest(operation="sleep", depends_on=[parent]), 0.0)
+    dist.submit(TaskRequest(operation="sleep", depends_on=[parent]), 0.0)
+    with pytest.raises(QueueFull, match="'sleep'"):
+        dist.submit(TaskRequest(operation="sleep"), 0.0)
+    dist.cancel(child, 1.0)  # a pending task that stops frees its place
+    dist.submit(TaskRequest(operation="sleep"), 1.0)
+    assert dist.snapshot(1.0)["tasks_pending"] == 1
 
 
 def test_a_failed_attempt_is_retried_then_the_task_fails_with_the_last_error(dist: TaskDistributor) -> None:
@@ -280,6 +304,43 @@ def test_drain_stops_new_work_and_undrain_resumes_it(dist: TaskDistributor) -> N
     assert dispatches(actions) == []
     (d,) = dispatches(dist.undrain("c1", 2.0))
     assert d.task.task_id == tid
+
+
+def test_finished_tasks_beyond_the_history_byte_budget_are_forgotten_oldest_first() -> None:
+    dist = TaskDistributor(DistributorConfig(max_finished_bytes=3 * (RECORD_OVERHEAD + 1000)))
+    dist.register(cap("c1", slots=10), 0.0)
+    ids = []
+    for n in range(4):
+        tid, actions = dist.submit(TaskRequest(operation="echo", payload="x" * 1000), float(n))
+        (d,) = dispatches(actions)
+        dist.complete(ok(d, "y" * 990), float(n), size=1000)
+        ids.append(tid)
+    dist.tick(10.0)  # a task finished in the current call is kept until the next one
+    with pytest.raises(UnknownTask, match=r"evicted from the history.*max_finished_bytes"):
+        dist.get(ids[0])
+    assert [dist.get(tid).state for tid in ids[1:]] == [TaskState.SUCCEEDED] * 3
+    assert dist.snapshot(10.0)["tasks_evicted"] == 1
+
+
+def test_a_finished_task_keeps_its_result_but_not_its_payload() -> None:
+    dist = TaskDistributor()
+    dist.register(cap("c1"), 0.0)
+    tid, actions = dist.submit(TaskRequest(operation="echo", payload={"big": "x" * 1000}), 0.0)
+    (d,) = dispatches(actions)
+    dist.complete(ok(d, "done"), 1.0, size=100)
+    record = dist._tasks[tid]
+    assert (record.request.payload, record.result and record.result.value) == (None, "done")
+    assert dist.get(tid).result == ok(d, "done")
+
+
+def test_an_unknown_id_is_told_apart_from_an_evicted_one_as_far_as_known() -> None:
+    dist = TaskDistributor(DistributorConfig(max_finished_tasks=1))
+    with pytest.raises(UnknownTask, match="no finished task has been evicted"):
+        dist.get("nope")
+    for n in range(3):
+        dist.cancel(dist.submit(TaskRequest(operation="echo"), float(n))[0], float(n))
+    with pytest.raises(UnknownTask, match=r"evicted from the history .*max_finished_tasks=1"):
+        dist.get("nope")
 
 
 def test_finished_tasks_beyond_the_history_limit_are_forgotten() -> None:

@@ -27,9 +27,14 @@ def test_defaults_match_the_architecture() -> None:
 
 
 def test_every_option_is_read_from_its_environment_variable() -> None:
-    env = {"EVENTBUS_SOCKET": "/tmp/x.sock", "EVENTBUS_MAX_RETRIES": "7", "EVENTBUS_HEARTBEAT_TIMEOUT_S": "2.5"}
+    env = {
+        "EVENTBUS_SOCKET": "/tmp/x.sock",
+        "EVENTBUS_MAX_RETRIES": "7",
+        "EVENTBUS_HEARTBEAT_TIMEOUT_S": "2.5",
+        "EVENTBUS_HEARTBEAT_INTERVAL_S": "1",
+    }
     s = load_settings(DaemonSettings, environ=env)
-    assert (s.socket, s.max_retries, s.heartbeat_timeout_s) == (Path("/tmp/x.sock"), 7, 2.5)
+    assert (s.socket, s.max_retries, s.heartbeat_timeout_s, s.heartbeat_interval_s) == (Path("/tmp/x.sock"), 7, 2.5, 1)
 
 
 def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
@@ -47,6 +52,35 @@ def test_a_bad_value_names_the_setting_and_where_it_came_from(tmp_path: Path) ->
     cfg.write_text('strategy = "coin_flip"\n')
     with pytest.raises(ConfigError, match=rf"'strategy' from {cfg}.*unknown strategy"):
         load_settings(DaemonSettings, config_file=cfg, environ={})
+
+
+@pytest.mark.parametrize(
+    ("settings", "low", "high"),
+    [
+        ({"heartbeat_timeout_s": 1, "heartbeat_interval_s": 5}, "heartbeat_interval_s", "heartbeat_timeout_s"),
+        ({"retry_backoff_base_ms": 500, "retry_backoff_max_ms": 100}, "retry_backoff_base_ms", "retry_backoff_max_ms"),
+        ({"max_queued_per_operation": 11, "max_queue_size": 10}, "max_queued_per_operation", "max_queue_size"),
+        ({"max_message_size": 4 << 20, "max_finished_bytes": 2 << 20}, "max_message_size", "max_finished_bytes"),
+    ],
+)
+def test_contradicting_settings_are_rejected_naming_both_and_their_sources(
+    tmp_path: Path, settings: dict[str, int], low: str, high: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"{high} = {settings[high]}\n")
+    env = {"EVENTBUS_" + low.upper(): str(settings[low])}
+    with pytest.raises(ConfigError) as err:
+        load_settings(DaemonSettings, config_file=cfg, environ=env)
+    message = str(err.value)
+    assert f"{high}={settings[high]} from {cfg}" in message
+    assert f"{low}={settings[low]} from EVENTBUS_{low.upper()}" in message
+    assert "\n" not in message
+
+
+def test_a_contradiction_with_a_default_says_so() -> None:
+    with pytest.raises(ConfigError, match="heartbeat_interval_s=5 from the default"):
+        load_settings(DaemonSettings, flags={"heartbeat_timeout_s": 9.0}, environ={})
+    assert load_settings(DaemonSettings, flags={"heartbeat_timeout_s": 10.0}, environ={}).heartbeat_timeout_s == 10
 
 
 def test_an_unknown_key_in_the_file_is_rejected(tmp_path: Path) -> None:

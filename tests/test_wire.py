@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventbus.errors import BadVersion, EventBusError, ProtocolError, TooLarge, UnknownKind
-from eventbus.wire import PROTOCOL_VERSION, Envelope, Kind, decode, encode
+from eventbus.errors import BadVersion, EventBusError, ProtocolError, TooDeep, TooLarge, UnknownKind, error_from_code
+from eventbus.wire import MAX_DEPTH, PROTOCOL_VERSION, Envelope, Kind, check_value, decode, depth, encode
 
 segment = st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True)
 topics = st.lists(segment, min_size=1, max_size=8).map(".".join)
@@ -37,7 +37,7 @@ def test_any_bytes_decode_to_an_envelope_or_a_protocol_error(data: bytes) -> Non
     try:
         env = decode(data)
     except ProtocolError as exc:
-        assert exc.code in {"bad_frame", "bad_version", "unknown_type", "too_large", "bad_topic"}
+        assert exc.code in {"bad_frame", "bad_version", "unknown_type", "too_large", "too_deep", "bad_topic"}
     else:
         assert isinstance(env, Envelope)
 
@@ -93,3 +93,63 @@ def test_unencodable_body_is_a_protocol_error() -> None:
 
 def test_protocol_errors_share_the_eventbus_root() -> None:
     assert issubclass(ProtocolError, EventBusError)
+
+
+def _nested(levels: int) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_a_frame_nested_past_the_limit_is_too_deep_naming_the_limit_and_keeping_the_id() -> None:
+    decode(_raw(body={"p": _nested(MAX_DEPTH - 2)}))  # envelope, body, then the payload's levels
+    with pytest.raises(TooDeep) as err:
+        decode(_raw(body={"p": _nested(MAX_DEPTH - 1)}))
+    assert err.value.code == "too_deep" and err.value.correlation_id == "c1"
+    assert f"{MAX_DEPTH} levels" in err.value.message
+
+
+def test_a_frame_deeper_than_msgpack_can_unpack_is_too_deep_with_its_id() -> None:
+    head = _raw(body={})[:-1]  # the envelope up to the body's empty map
+    with pytest.raises(TooDeep) as err:
+        decode(head + b"\x81\xa1x" + b"\x91" * 5000 + b"\xc0")
+    assert err.value.correlation_id == "c1"
+
+
+def test_a_map_key_that_is_not_a_string_is_bad_frame_with_the_id() -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode(_raw(body={"result": {1: "x"}}))
+    assert err.value.code == "bad_frame" and err.value.correlation_id == "c1"
+    assert "map keys must be strings" in err.value.message
+
+
+def test_a_frame_over_the_limit_keeps_the_id_when_its_head_is_readable() -> None:
+    with pytest.raises(TooLarge) as err:
+        decode(_raw(body={"blob": b"x" * 2048}), max_size=1024)
+    assert err.value.correlation_id == "c1"
+
+
+def test_garbage_has_no_id_to_echo() -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode(b"\xdf\xff\xff\xff\xff\xc1")
+    assert err.value.correlation_id == ""
+
+
+def test_depth_counts_levels_of_maps_and_arrays_and_stops_past_the_limit() -> None:
+    assert depth(0, 64) == 0
+    assert depth({"a": [1, {"b": []}]}, 64) == 4
+    assert depth(_nested(10_000), 64) == 65
+
+
+def test_check_value_refuses_what_the_daemon_would_refuse() -> None:
+    check_value({"a": (1, [2])}, 64)
+    with pytest.raises(ProtocolError, match="map keys must be strings"):
+        check_value([{"ok": {2: "x"}}], 64)
+    with pytest.raises(TooDeep, match="64 levels"):
+        check_value(_nested(64), 64, above=1)
+
+
+def test_error_codes_from_the_daemon_become_the_typed_protocol_errors() -> None:
+    assert isinstance(error_from_code("too_deep", "m"), TooDeep)
+    assert isinstance(error_from_code("too_large", "m"), TooLarge)

@@ -72,10 +72,27 @@ def test_an_unknown_topic_gets_unknown_topic(bus: Bus, raw: zmq.Socket[bytes]) -
     assert error_of(raw) == ("x1", "unknown_topic")
 
 
-def test_a_frame_over_the_limit_gets_too_large(bus: Bus, raw: zmq.Socket[bytes]) -> None:
+def test_a_frame_over_the_limit_gets_too_large_with_the_correlation_id(bus: Bus, raw: zmq.Socket[bytes]) -> None:
     raw.send(envelope(body={"blob": b"x" * (1 << 20)}))
-    assert error_of(raw) == ("", "too_large")
+    assert error_of(raw) == ("x1", "too_large")
     assert still_serves(bus) == 1
+
+
+def test_a_frame_nested_past_64_levels_gets_too_deep_with_the_correlation_id(bus: Bus, raw: zmq.Socket[bytes]) -> None:
+    nested: object = 0
+    for _ in range(300):
+        nested = [nested]
+    raw.send(envelope(topic="control.task.submit", body={"operation": "echo", "payload": nested}))
+    env = decode(raw.recv())
+    assert (env.id, env.body["code"]) == ("x1", "too_deep") and "64" in str(env.body["message"])
+    assert still_serves(bus) == 1
+
+
+def test_a_map_key_that_is_not_a_string_gets_bad_frame_with_the_correlation_id(
+    bus: Bus, raw: zmq.Socket[bytes]
+) -> None:
+    raw.send(envelope(topic="control.task.submit", body={"operation": "echo", "payload": {1: "x"}}))
+    assert error_of(raw) == ("x1", "bad_frame")
 
 
 def test_a_frame_far_over_the_limit_is_cut_by_the_transport_and_others_are_served(
@@ -85,9 +102,9 @@ def test_a_frame_far_over_the_limit_is_cut_by_the_transport_and_others_are_serve
     assert still_serves(bus) == 0
 
 
-def test_multipart_messages_get_bad_frame(bus: Bus, raw: zmq.Socket[bytes]) -> None:
+def test_multipart_messages_get_bad_frame_with_the_correlation_id(bus: Bus, raw: zmq.Socket[bytes]) -> None:
     raw.send_multipart([envelope(), b"extra"])
-    assert error_of(raw) == ("", "bad_frame")
+    assert error_of(raw) == ("x1", "bad_frame")
 
 
 def test_an_invalid_submission_is_refused_with_the_field_named(bus: Bus, raw: zmq.Socket[bytes]) -> None:

@@ -114,6 +114,7 @@ def test_cli_dependencies_drain_list_and_cancel(bus: Bus) -> None:
 
 def test_a_full_queue_rejects_submissions_with_exit_4(bare_bus: Bus) -> None:
     bare_bus.env["EVENTBUS_MAX_QUEUE_SIZE"] = "2"
+    bare_bus.env["EVENTBUS_MAX_QUEUED_PER_OPERATION"] = "2"  # the global cap is what is under test
     bare_bus.start_daemon()
     assert bare_bus.ctl("submit", "nobody").returncode == 0
     assert bare_bus.ctl("submit", "nobody").returncode == 0

@@ -1,0 +1,30 @@
+"""The distributor's limits, filled by the daemon from its settings of the same names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class DistributorConfig:
+    """The distributor's limits; the daemon fills it from its settings."""
+
+    max_queue_size: int = 10_000
+    #: queued or pending tasks of one operation; None: half of max_queue_size
+    max_queued_per_operation: int | None = None
+    max_retries: int = 3
+    heartbeat_timeout_s: float = 30.0
+    retry_backoff_base_ms: float = 100.0
+    retry_backoff_max_ms: float = 30_000.0
+    max_finished_tasks: int = 100_000
+    #: estimated bytes held by the finished-task history (see distributor.history)
+    max_finished_bytes: int = 64 << 20
+    #: an unhealthy collector silent this long is forgotten (as if it had deregistered)
+    forget_unhealthy_after_s: float = 300.0
+
+    @property
+    def per_operation_limit(self) -> int:
+        """``max_queued_per_operation``, or half of ``max_queue_size`` (at least 1) when unset."""
+        if self.max_queued_per_operation is not None:
+            return self.max_queued_per_operation
+        return max(1, self.max_queue_size // 2)

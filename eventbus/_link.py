@@ -1,0 +1,125 @@
+"""Whether a client's connection to the daemon is up, learnt from the DEALER's socket monitor.
+
+A DEALER never says that its peer went away: libzmq quietly reconnects, and a
+request written to the old connection is simply never answered. The socket
+monitor does say it. When the daemon exits, cleanly or by kill -9, the kernel
+closes its end and the monitor reports ``EVENT_DISCONNECTED`` at once; a
+daemon that is merely stopped (SIGSTOP) or slow keeps the connection and
+reports nothing. ``EVENT_HANDSHAKE_SUCCEEDED`` says a daemon (the same or a
+new one) took the connection back.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from distributor.errors import UnknownTask
+from eventbus.errors import ConnectionReset, DaemonRestarted, DaemonUnreachable, EventBusError
+
+#: the only events the clients act on (no reconnect-attempt noise)
+MONITORED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+def link_event(frames: list[bytes]) -> bool | None:
+    """True if a monitor message says the connection is up, False if it dropped, None otherwise."""
+    event = parse_monitor_message(frames)["event"]
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return True
+    if event == zmq.EVENT_DISCONNECTED:
+        return False
+    return None
+
+
+class SyncLink:
+    """Follows a blocking DEALER's connection; ``poller`` waits for a message or a monitor event."""
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self._sock = sock
+        self._mon: zmq.Socket[bytes] = sock.get_monitor_socket(MONITORED_EVENTS)
+        self.poller = zmq.Poller()
+        self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self._mon, zmq.POLLIN)
+        #: probe() found the daemon before the connection was made: assume up until told otherwise
+        self.up = True
+        #: the connection dropped since the owner last cleared this (even if it is up again)
+        self.dropped = False
+
+    def update(self) -> None:
+        """Apply the monitor events received so far."""
+        # EVENTS, not a poll: no system call on the hot path when nothing happened
+        while int(self._mon.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            state = link_event(self._mon.recv_multipart())
+            if state is not None:
+                self.up = state
+                self.dropped = self.dropped or not state
+
+    def wait_up(self, within: float) -> bool:
+        """Whether the connection is up, waiting up to ``within`` seconds for it to come back."""
+        self.update()
+        if self.up:
+            return True
+        deadline = time.monotonic() + within
+        while not self.up:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._mon.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                self.update()
+        return True
+
+    def close(self) -> None:
+        self._sock.disable_monitor()
+        self._mon.close(linger=0)
+
+
+def reset_error(path: Path, what: str, consequence: str) -> ConnectionReset:
+    """The error for a request (or an event stream) whose connection dropped under it."""
+    return ConnectionReset(
+        f"connection to eventbusd at {path} was reset while waiting for {what} "
+        f"(the daemon stopped or crashed): {consequence}"
+    )
+
+
+#: what a reset means for a request that was waiting for its answer
+UNKNOWN_OUTCOME = "whether it acted on the request is unknown"
+
+
+def not_back(path: Path, within: float) -> DaemonUnreachable:
+    """The error once the connection stayed down for ``within`` seconds though something listens on ``path``."""
+    return DaemonUnreachable(f"eventbusd at {path} did not take the connection back within {within:g}s")
+
+
+def lost_task(exc: EventBusError, path: Path, task_id: str) -> EventBusError:
+    """What a wait raises when asking again after a reset failed with ``exc``: the task's fate is unknown."""
+    if isinstance(exc, UnknownTask):
+        return DaemonRestarted(
+            f"eventbusd at {path} restarted while waiting for task {task_id} and the new daemon does not know "
+            "the task: its fate is unknown"
+        )
+    if type(exc) is DaemonUnreachable:
+        return DaemonUnreachable(
+            f"eventbusd at {path} went away while waiting for task {task_id} ({exc.message}): "
+            "the task's fate is unknown"
+        )
+    return exc
+
+
+def reconnect_bound(grace: float, deadline: float | None, now: float) -> float:
+    """How long a wait gives the daemon to come back: ``grace``, but never past the wait's own deadline."""
+    return grace if deadline is None else max(0.0, min(grace, deadline - now))
+
+
+__all__ = [
+    "MONITORED_EVENTS",
+    "UNKNOWN_OUTCOME",
+    "SyncLink",
+    "link_event",
+    "lost_task",
+    "not_back",
+    "reconnect_bound",
+    "reset_error",
+]

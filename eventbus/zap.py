@@ -1,0 +1,89 @@
+"""The daemon's ZAP handler: every connection to the ROUTER is vetted here once.
+
+libzmq asks the handler (an inproc socket at ``inproc://zeromq.zap.01`` in
+the broker's context) about each new connection of a socket that has a
+``ZAP_DOMAIN``, even on the NULL mechanism. On ``ipc://`` the request's
+address is ``localhost:UID:GID:PID``, read from the kernel (SO_PEERCRED), so
+it cannot be forged by the peer. Every connection is accepted and stamped
+with a ``User-Id`` (:meth:`eventbus.peers.Peer.user_id`) that says whether the
+access policy serves it: refused peers then get a typed ``forbidden`` answer
+to each request instead of a silent hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import zmq
+
+from eventbus.peers import AccessPolicy, Peer, parse_address
+
+log = logging.getLogger(__name__)
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+DOMAIN = b"eventbus"
+#: ZAP requests handled per callback before yielding to the loop
+_BATCH = 64
+
+
+class ZapHandler:
+    """Answers libzmq's authentication requests from the event loop."""
+
+    def __init__(self, ctx: zmq.Context[Any], policy: AccessPolicy) -> None:
+        self.policy = policy
+        self._sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(ZAP_ENDPOINT)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._serial = 0
+        self.connections = 0
+        self.refused = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self._fd(), self._on_readable)
+        loop.call_soon(self._on_readable)  # requests may already wait: the FD only signals edges
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd())
+            self._loop = None
+        self._sock.close(linger=0)
+
+    def _fd(self) -> int:
+        return int(self._sock.getsockopt(zmq.FD))
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        for _ in range(_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            sock.send_multipart(self.answer(frames))
+        if self._loop is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._loop.call_soon(self._on_readable)
+
+    def answer(self, frames: list[bytes]) -> list[bytes]:
+        """The reply to one ZAP request (ROUTER envelope included)."""
+        # [routing id, b"", version, request id, domain, address, identity, mechanism, credentials...]
+        head, request = frames[:2], frames[2:]
+        if len(request) < 6 or request[0] != b"1.0":
+            return [*head, b"1.0", request[1] if len(request) > 1 else b"", b"400", b"malformed ZAP request", b"", b""]
+        request_id, address = request[1], request[3].decode(errors="replace")
+        creds = parse_address(address)
+        if creds is None:
+            # not a Unix socket peer: nothing to authorize it by
+            log.warning("refusing a connection without Unix credentials (address %r)", address)
+            return [*head, b"1.0", request_id, b"400", b"no peer credentials", b"", b""]
+        uid, gid, pid = creds
+        self._serial += 1
+        self.connections += 1
+        served = self.policy.serves(uid, gid, pid)
+        if not served:
+            self.refused += 1
+            log.warning("connection from pid=%d uid=%d gid=%d is not allowed; its requests are refused", pid, uid, gid)
+        peer = Peer(uid, gid, pid, self._serial, served)
+        return [*head, b"1.0", request_id, b"200", b"OK", peer.user_id().encode(), b""]
