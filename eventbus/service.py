@@ -15,7 +15,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from distributor import (
@@ -34,10 +33,12 @@ from distributor.strategies import STRATEGIES
 from eventbus import messages as m
 from eventbus._version import __version__
 from eventbus.errors import EventBusError, Forbidden, InvalidRequest, ProtocolError, TooLarge, UnknownVerb
-from eventbus.peers import UNKNOWN, AccessPolicy, Peer, process_alive
+from eventbus.ownership import Ownership, same_process
+from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, task_page
 from eventbus.settings import DaemonSettings
 from eventbus.topics import Subscriptions
+from eventbus.waiters import Waiter, Waiters
 from eventbus.wire import Envelope, Kind, decode, encode, error_body, peek_id
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,6 @@ Send = Callable[[bytes, bytes], bool]
 #: what a dispatch adds to a submitted task: defaults filled in, attempt, topic
 DISPATCH_OVERHEAD = 1024
 Handler = Callable[[bytes, Envelope, str], "dict[str, Any] | None"]
-
-
-@dataclass(slots=True)
-class _Waiter:
-    identity: bytes
-    correlation_id: str
-    topic: str
-    timer: asyncio.TimerHandle | None
 
 
 class Service:
@@ -71,7 +64,6 @@ class Service:
     ) -> None:
         self.settings = settings
         self._send = send
-        self._loop = loop
         self._clock = clock
         self.started_at = clock()
         self.distributor = TaskDistributor(_distributor_config(settings), strategy=make_strategy(settings.strategy))
@@ -81,12 +73,10 @@ class Service:
         self.forbidden = 0
         self.undelivered = 0
         self._policy = policy
-        self._peers: dict[str, bytes] = {}  # collector_id -> ZeroMQ identity
-        #: collector_id -> credentials of the connection that registered it
-        self._owners: dict[str, Peer] = {}
+        self.owners = Ownership(settings.heartbeat_interval_s, self._silence)
         #: credentials of the connection whose message is being handled
         self._sender = UNKNOWN
-        self._waiters: dict[str, list[_Waiter]] = {}
+        self._waiters = Waiters(loop, self._answer)
         self._max = settings.max_message_size
         self._exact: dict[str, Handler] = {
             m.SUBMIT: self._submit,
@@ -220,7 +210,7 @@ class Service:
                     {"task_id": action.task_id, "attempt": action.attempt, "reason": action.reason},
                 )
             elif isinstance(action, Finished):
-                self._answer_waiters(action.task_id)
+                self._waiters.finished(action.task_id)
 
     def _dispatch(self, action: Dispatch) -> bool:
         topic = f"{m.TASK_PREFIX}.{action.collector_type}.{action.collector_id}"
@@ -237,7 +227,7 @@ class Service:
         return False
 
     def _to_collector(self, collector_id: str, topic: str, body: dict[str, Any]) -> bool:
-        identity = self._peers.get(collector_id)
+        identity = self.owners.route(collector_id)
         return identity is not None and self._publish(identity, topic, body)
 
     def tick(self) -> None:
@@ -267,26 +257,11 @@ class Service:
         info = self.distributor.get(body.task_id)
         if info.state.terminal or not body.wait_s:
             return info.model_dump()
-        waiter = _Waiter(identity, env.id, env.topic, None)
-        waiter.timer = self._loop.call_later(body.wait_s, self._wait_expired, body.task_id, waiter)
-        self._waiters.setdefault(body.task_id, []).append(waiter)
+        if not self._waiters.add(body.task_id, Waiter(identity, env.id, env.topic), body.wait_s):
+            return info.model_dump()  # too many requests wait already: the current state, at once
         return None  # answered when the task finishes or the wait expires
 
-    def _wait_expired(self, task_id: str, waiter: _Waiter) -> None:
-        waiters = self._waiters.get(task_id, [])
-        if waiter in waiters:
-            waiters.remove(waiter)
-            if not waiters:
-                del self._waiters[task_id]
-            self._answer(waiter, task_id)
-
-    def _answer_waiters(self, task_id: str) -> None:
-        for waiter in self._waiters.pop(task_id, []):
-            if waiter.timer is not None:
-                waiter.timer.cancel()
-            self._answer(waiter, task_id)
-
-    def _answer(self, waiter: _Waiter, task_id: str) -> None:
+    def _answer(self, waiter: Waiter, task_id: str) -> None:
         try:
             body = self.distributor.get(task_id).model_dump()
         except EventBusError as exc:
@@ -356,14 +331,10 @@ class Service:
 
     def _register(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         capability = m.parse(CollectorCapability, env.body)
-        cid, peer = capability.collector_id, self._sender
-        if identity != cid.encode():
-            raise Forbidden(f"a collector's routing id must be its collector_id {cid!r}; got {identity!r}")
-        owner = self._owners.get(cid)
-        if owner is not None and not _same_process(owner, peer):
-            self._take_over(cid, owner, peer)
-        self._owners[cid] = peer
-        self._peers[cid] = identity
+        cid = capability.collector_id
+        if self.owners.register(cid, identity, self._sender) and self.distributor.registry.find(cid) is not None:
+            # another process held the id and is gone: its attempts go back to the queue
+            self.perform(self.distributor.deregister(cid, self._clock()))
         self.perform(self.distributor.register(capability, self._clock()))
         log.info(
             "collector_id=%s registered: type=%s operations=%s max_concurrent_tasks=%d",
@@ -378,76 +349,34 @@ class Service:
             "max_message_size": self._max,
         }
 
-    def _holder(self, cid: str) -> tuple[Peer | None, float]:
-        """The live holder of a collector id (None if free) and how long it has been silent.
-
-        An id is held while the process that registered it exists and has
-        heartbeated within two heartbeat intervals.
-        """
-        owner = self._owners.get(cid)
-        state = self.distributor.registry.find(cid)
-        silent_s = self._clock() - state.last_heartbeat if state is not None else float("inf")
-        if owner is None or not process_alive(owner.pid) or silent_s > 2 * self.settings.heartbeat_interval_s:
-            return None, silent_s
-        return owner, silent_s
+    def _silence(self, collector_id: str) -> float | None:
+        state = self.distributor.registry.find(collector_id)
+        return None if state is None else self._clock() - state.last_heartbeat
 
     def _claim(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         """Whether a collector id is free to register, asked before connecting with it as routing id."""
         cid = m.parse(m.CollectorIdBody, env.body).collector_id
-        holder, silent_s = self._holder(cid)
-        if holder is None or _same_process(holder, self._sender):
+        holder = self.owners.holder(cid)
+        if holder is None or same_process(holder.peer, self._sender):
             return {"collector_id": cid, "free": True}
         return {
             "collector_id": cid,
             "free": False,
-            "pid": holder.pid,
-            "uid": holder.uid,
-            "silent_s": silent_s,
+            "pid": holder.peer.pid,
+            "uid": holder.peer.uid,
+            "silent_s": holder.silent_s,
             "retry_after_s": self.settings.heartbeat_interval_s,
         }
 
-    def _take_over(self, cid: str, owner: Peer, peer: Peer) -> None:
-        """A new process registers a collector id: refused while the holder lives, else it takes over."""
-        holder, silent_s = self._holder(cid)
-        if holder is not None:
-            log.warning(
-                "collector_id=%s: register from %s refused: the id is held by %s (last heartbeat %.1fs ago)",
-                cid,
-                peer.describe(),
-                owner.describe(),
-                silent_s,
-            )
-            raise Forbidden(
-                f"collector id {cid!r} is held by a live connection (pid {owner.pid}, uid {owner.uid}); "
-                "stop it first or use another --id"
-            )
-        log.warning(
-            "collector_id=%s: %s takes over from %s (%s); its attempts are requeued",
-            cid,
-            peer.describe(),
-            owner.describe(),
-            "process gone" if not process_alive(owner.pid) else f"silent for {silent_s:.1f}s",
-        )
-        if self.distributor.registry.find(cid) is not None:
-            self.perform(self.distributor.deregister(cid, self._clock()))
-
     def _owned(self, identity: bytes, collector_id: str) -> None:
-        """Only the connection that registered a collector (or its process, reconnected) acts for it."""
-        owner = self._owners.get(collector_id)
-        if self._peers.get(collector_id, identity) != identity or (
-            owner is not None and not _same_process(owner, self._sender)
-        ):
-            holder = f" ({owner.describe()})" if owner is not None else ""
-            raise Forbidden(f"collector {collector_id!r} is registered by another connection{holder}")
-        if owner is not None:
-            self._owners[collector_id] = self._sender  # the same process, maybe on a new connection
+        """Only the process that registered a collector acts for it."""
+        self.owners.check(collector_id, identity, self._sender)
 
     def _deregister(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.CollectorIdBody, env.body)
         self._owned(identity, body.collector_id)
         self.perform(self.distributor.deregister(body.collector_id, self._clock()))
-        self._peers.pop(body.collector_id, None)
-        self._owners.pop(body.collector_id, None)
+        self.owners.forget(body.collector_id)
         log.info("collector_id=%s deregistered", body.collector_id)
         return {"collector_id": body.collector_id}
 
@@ -487,7 +416,6 @@ class Service:
         m.parse(m.HeartbeatBody, env.body)
         self._owned(identity, collector_id)
         self.perform(self.distributor.heartbeat(collector_id, self._clock()))
-        self._peers[collector_id] = identity
         return {"at": self._clock()}
 
     def _attempt_event(self, identity: bytes, env: Envelope, collector_id: str) -> dict[str, Any]:
@@ -515,10 +443,6 @@ class Service:
 
 #: verbs only the daemon's uid, root and admin_uids may use (and strategy with a name)
 _ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP})
-
-
-def _same_process(a: Peer, b: Peer) -> bool:
-    return a.pid == b.pid and a.uid == b.uid
 
 
 def _distributor_config(settings: DaemonSettings) -> DistributorConfig:
