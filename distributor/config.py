@@ -12,6 +12,8 @@ class DistributorConfig:
     max_queue_size: int = 10_000
     #: queued or pending tasks of one operation; None: half of max_queue_size
     max_queued_per_operation: int | None = None
+    #: bytes (as submitted) of the tasks not finished yet: queued, pending or running
+    max_queued_bytes: int = 256 << 20
     max_retries: int = 3
     heartbeat_timeout_s: float = 30.0
     retry_backoff_base_ms: float = 100.0

@@ -80,6 +80,7 @@ class TaskDistributor(TaskMachine):
         return self.stats.snapshot(
             tasks_queued=len(self.queue),
             tasks_pending=self._pending,
+            queued_bytes=self.open_bytes,
             tasks_in_flight=self._in_flight,
             active_collectors=sum(1 for c in collectors if c.status is CollectorStatus.AVAILABLE),
             collectors=len(collectors),
@@ -228,10 +229,14 @@ class TaskDistributor(TaskMachine):
 
     # ---- client events -------------------------------------------------
 
-    def submit(self, request: TaskRequest, now: float, *, owner: int | None = None) -> tuple[str, list[Action]]:
+    def submit(
+        self, request: TaskRequest, now: float, *, owner: int | None = None, size: int = 0
+    ) -> tuple[str, list[Action]]:
         """Accept a task; returns its id. Raises QueueFull, DuplicateTask or InvalidRequest.
 
-        ``owner`` identifies the submitter for the host's own access rules (see :meth:`owner`).
+        ``owner`` identifies the submitter for the host's own access rules (see
+        :meth:`owner`); ``size`` is what the task costs in memory (the host's
+        frame size), counted against ``max_queued_bytes`` until it finishes.
         """
         self._now = now
         task_id = request.task_id or self._new_task_id()
@@ -241,13 +246,14 @@ class TaskDistributor(TaskMachine):
             raise InvalidRequest(f"deadline {request.deadline} is already past (now {now:.3f})")
         constraints = parse_constraints(request.constraints)
         parents = self._parents(task_id, request.depends_on)
-        self._admit(request.operation)
+        self._admit(request.operation, size)
         created = request.created_at or now
         request = request.model_copy(update={"task_id": task_id, "created_at": created})
         self._serial += 1
         task = TaskRecord(
-            request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner
+            request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner, size=size
         )
+        self.open_bytes += size
         self._tasks[task_id] = task
         self.stats.tasks_submitted += 1
         if request.deadline is not None:

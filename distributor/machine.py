@@ -63,6 +63,8 @@ class TaskMachine:
         self._now = 0.0
         self._pending = 0
         self._pending_by_operation: Counter[str] = Counter()
+        #: bytes of the tasks not finished yet (their submitted size)
+        self.open_bytes = 0
         self._in_flight = 0
         self._dispatches = 0
         self._serial = 0
@@ -104,11 +106,16 @@ class TaskMachine:
         for task_id in self.history.overflow(self._calls):
             self._tasks.pop(task_id, None)
 
-    def _admit(self, operation: str) -> None:
-        """Raise :class:`QueueFull` unless a new task of ``operation`` fits both queue limits."""
+    def _admit(self, operation: str, size: int) -> None:
+        """Raise :class:`QueueFull` unless a new task of ``operation`` and ``size`` bytes fits the queue limits."""
         cfg = self.config
         if len(self.queue) + self._pending >= cfg.max_queue_size:
             raise QueueFull(f"queue is full ({cfg.max_queue_size} tasks, max_queue_size)")
+        if self.open_bytes + size > cfg.max_queued_bytes:
+            raise QueueFull(
+                f"unfinished tasks hold {self.open_bytes} bytes; a task of {size} more exceeds "
+                f"max_queued_bytes={cfg.max_queued_bytes}"
+            )
         limit = cfg.per_operation_limit
         if self.queue.depth(operation) + self._pending_by_operation[operation] >= limit:
             raise QueueFull(
@@ -313,6 +320,8 @@ class TaskMachine:
     def _settle(self, task: TaskRecord, state: TaskState) -> None:
         task.state = state
         task.finished_at = self._now
+        self.open_bytes -= task.size
+        task.size = 0
         self.stats.finished(state, self._now - task.created_at)
         self._task_event(task)
         self._actions.append(Finished(task.task_id))

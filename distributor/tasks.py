@@ -21,6 +21,8 @@ class TaskRecord:
     constraints: tuple[Constraint, ...] = ()
     #: who submitted it, as the host identifies submitters (the daemon: a uid); None if unknown
     owner: int | None = None
+    #: bytes the task was submitted in (held until it finishes, counted against max_queued_bytes)
+    size: int = 0
     state: TaskState = TaskState.QUEUED
     attempt: int = 0  # number of the latest attempt dispatched: the fencing token
     retries: int = 0  # failed attempts counted against max_retries

@@ -248,7 +248,7 @@ class Service:
                 f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
             )
         request = m.parse(TaskRequest, env.body)
-        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid)
+        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid, size=env.size)
         self.perform(actions)
         return {"task_id": task_id}
 

@@ -54,6 +54,12 @@ class DaemonSettings(_Settings):
         description="queued or pending tasks of any one operation, at most max_queue_size "
         "(unset: half of max_queue_size, so one unserved operation cannot fill the queue for all)",
     )
+    max_queued_bytes: int = Field(
+        default=256 << 20,
+        ge=1 << 20,
+        description="bytes (as submitted) of all tasks not finished yet, at least max_message_size; "
+        "past it submissions are refused queue_full",
+    )
     max_retries: int = Field(default=3, ge=0, le=100, description="retries of a failed attempt before a task fails")
     retry_backoff_base_ms: float = Field(default=100.0, gt=0, description="first retry backoff cap, doubled per retry")
     retry_backoff_max_ms: float = Field(
@@ -119,6 +125,9 @@ _AT_MOST: tuple[tuple[str, str, float], ...] = (
     ("max_queued_per_operation", "max_queue_size", 1.0),
     # a history smaller than one result forgets every result at once
     ("max_message_size", "max_finished_bytes", 1.0),
+    # a limit below one frame would refuse the largest valid task, or treat its collector as stuck
+    ("max_message_size", "max_queued_bytes", 1.0),
+    ("max_message_size", "max_pending_bytes_per_peer", 1.0),
 )
 
 

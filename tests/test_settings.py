@@ -61,6 +61,12 @@ def test_a_bad_value_names_the_setting_and_where_it_came_from(tmp_path: Path) ->
         ({"retry_backoff_base_ms": 500, "retry_backoff_max_ms": 100}, "retry_backoff_base_ms", "retry_backoff_max_ms"),
         ({"max_queued_per_operation": 11, "max_queue_size": 10}, "max_queued_per_operation", "max_queue_size"),
         ({"max_message_size": 4 << 20, "max_finished_bytes": 2 << 20}, "max_message_size", "max_finished_bytes"),
+        ({"max_message_size": 4 << 20, "max_queued_bytes": 2 << 20}, "max_message_size", "max_queued_bytes"),
+        (
+            {"max_message_size": 1 << 20, "max_pending_bytes_per_peer": 1 << 19},
+            "max_message_size",
+            "max_pending_bytes_per_peer",
+        ),
     ],
 )
 def test_contradicting_settings_are_rejected_naming_both_and_their_sources(
