@@ -111,7 +111,7 @@ def _parse_payload(text: str | None) -> Any:
 
 
 def _no_constant(name: str) -> NoReturn:
-    # json.loads takes NaN and Infinity by default; the protocol does not
+    # json.loads takes NaN and Infinity by default, though they are not JSON: refuse them (and so a typo)
     raise ValueError(f"{name} is not a valid payload value (only finite numbers are)")
 
 

@@ -23,6 +23,25 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
+#: the only topics published to subscribers are events (the rest are requests, replies and commands)
+EVENTS_ROOT = "events"
+
+
+def validate_subscription(pattern: str) -> str:
+    """Return ``pattern`` if it is valid and can match an ``events.`` topic, else raise :class:`InvalidTopic`.
+
+    A pattern that can never deliver (``control.collector.task.#``) would
+    otherwise be accepted and stay silent.
+    """
+    validate_pattern(pattern)
+    if pattern.split(".", 1)[0] not in (EVENTS_ROOT, "+", "#"):
+        raise InvalidTopic(
+            f"pattern {pattern!r} can never match: only {EVENTS_ROOT}.* topics are published to subscribers "
+            f"(a pattern's first segment must be {EVENTS_ROOT!r}, '+' or '#')"
+        )
+    return pattern
+
+
 def _check(text: object, *, wildcards: bool) -> None:
     what = "pattern" if wildcards else "topic"
     if not isinstance(text, str) or not text:
@@ -67,9 +86,11 @@ class Subscriptions:
         return len(self._by_peer)
 
     def add(self, peer: bytes, patterns: list[str]) -> None:
+        for p in patterns:  # all or nothing
+            validate_subscription(p)
         mine = self._by_peer.setdefault(peer, {})
         for p in patterns:
-            mine[validate_pattern(p)] = p.split(".")
+            mine[p] = p.split(".")
 
     def remove(self, peer: bytes, patterns: list[str] | None = None) -> None:
         if patterns is None:

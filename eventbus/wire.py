@@ -73,13 +73,7 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int
     """
     if len(data) > max_size:
         raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}", correlation_id=peek_id(data))
-    try:
-        # strict keys: a map with int keys would be hashed by a predictable hash (a flooding risk)
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except msgpack.StackError as exc:  # deeper than msgpack's own stack, far past max_depth
-        raise _too_deep(max_depth, peek_id(data)) from exc
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError(f"frame is not valid msgpack: {_why(exc)}", correlation_id=peek_id(data)) from exc
+    raw = _unpack(data, max_depth)
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     corr = raw.get("id")
@@ -87,6 +81,8 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int
         raise ProtocolError(f"envelope 'id' must be a string of at most {MAX_ID_LENGTH} characters")
     if depth(raw, max_depth) > max_depth:
         raise _too_deep(max_depth, corr)
+    if any(head in data for head in _TIMESTAMP_HEADS) and _holds_timestamp(raw):
+        raise ProtocolError(f"{_NO_EXT} (found a timestamp, ext type -1)", correlation_id=corr)
     version = raw.get("v")
     if version != PROTOCOL_VERSION:
         raise BadVersion(
@@ -108,6 +104,45 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int
     if extra:
         raise ProtocolError(f"unknown envelope fields: {sorted(extra)}", correlation_id=corr)
     return Envelope(kind, corr, topic, body, len(data))  # type: ignore[arg-type]
+
+
+_NO_EXT = "msgpack ext types are not part of the protocol"
+#: how a msgpack timestamp starts (fixext 4, fixext 8, ext 8 of 12 bytes, each of type -1): msgpack
+#: decodes timestamps itself, without the ext hook, so a frame holding one of these is searched
+_TIMESTAMP_HEADS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+class _ExtTypeFound(ValueError):
+    pass
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # decoded, an ext value would reach a model as an ExtType tuple and be re-sent as an array
+    raise _ExtTypeFound(f"{_NO_EXT} (found ext type {code})")
+
+
+def _holds_timestamp(value: Any) -> bool:
+    """Whether a decoded value holds a msgpack Timestamp anywhere (iterative; depth already checked)."""
+    level = [value]
+    while level:
+        if any(type(v) is msgpack.Timestamp for v in level):
+            return True
+        level = [
+            v for item in level if type(item) in _CONTAINERS for v in (item.values() if type(item) is dict else item)
+        ]
+    return False
+
+
+def _unpack(data: bytes, max_depth: int) -> Any:
+    try:
+        # strict keys: a map with int keys would be hashed by a predictable hash (a flooding risk)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+    except msgpack.StackError as exc:  # deeper than msgpack's own stack, far past max_depth
+        raise _too_deep(max_depth, peek_id(data)) from exc
+    except _ExtTypeFound as exc:
+        raise ProtocolError(str(exc), correlation_id=peek_id(data)) from exc
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"frame is not valid msgpack: {_why(exc)}", correlation_id=peek_id(data)) from exc
 
 
 def _why(exc: Exception) -> str:

@@ -67,3 +67,19 @@ def test_subscriptions_return_only_matching_peers() -> None:
 def test_subscribing_with_an_invalid_pattern_is_rejected() -> None:
     with pytest.raises(InvalidTopic):
         Subscriptions().add(b"a", ["events.#.x"])
+
+
+@pytest.mark.parametrize("pattern", ["control.collector.task.#", "control.#", "task.+.echo", "eventsx.#"])
+def test_a_subscription_that_can_never_match_an_event_is_refused_naming_the_rule(pattern: str) -> None:
+    subs = Subscriptions()
+    with pytest.raises(InvalidTopic, match=r"only events\.\* topics are published") as err:
+        subs.add(b"a", ["events.#", pattern])
+    assert err.value.code == "bad_topic"
+    assert len(subs) == 0  # all or nothing
+
+
+@pytest.mark.parametrize("pattern", ["events", "events.#", "+.task.#", "#", "+"])
+def test_patterns_that_can_match_an_event_are_taken(pattern: str) -> None:
+    subs = Subscriptions()
+    subs.add(b"a", [pattern])
+    assert subs.subscribers("events") == [b"a"] or subs.subscribers("events.task.queued.echo") == [b"a"]

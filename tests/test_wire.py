@@ -153,3 +153,19 @@ def test_check_value_refuses_what_the_daemon_would_refuse() -> None:
 def test_error_codes_from_the_daemon_become_the_typed_protocol_errors() -> None:
     assert isinstance(error_from_code("too_deep", "m"), TooDeep)
     assert isinstance(error_from_code("too_large", "m"), TooLarge)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [msgpack.ExtType(5, b"x"), {"at": [msgpack.Timestamp(1, 5)]}, msgpack.Timestamp(2**40, 1), msgpack.Timestamp(0)],
+)
+def test_a_msgpack_ext_type_anywhere_is_bad_frame_with_the_id(value: object) -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode(_raw(body={"payload": value}))
+    assert err.value.code == "bad_frame" and err.value.correlation_id == "c1"
+    assert "ext type" in err.value.message
+
+
+def test_bytes_that_look_like_a_timestamp_header_are_taken() -> None:
+    body = {"payload": [b"\xd6\xff", "\xd6\xff", b"\xc7\x0c\xff"]}
+    assert decode(_raw(body=body)).body == body

@@ -205,3 +205,29 @@ def test_a_socket_directory_the_daemon_cannot_write_is_a_clear_startup_error(bar
     proc = bare_bus.spawn([*argv, "--socket", str(locked / "eb.sock")], "nobody")
     assert proc.wait(10) == 2
     assert f"socket directory {locked} is not writable" in proc.output()
+
+
+@pytest.mark.parametrize("value", [msgpack.ExtType(5, b"x"), {"at": msgpack.Timestamp(1, 5)}])
+def test_a_msgpack_ext_type_in_a_payload_gets_bad_frame_with_the_correlation_id(
+    bus: Bus, raw: zmq.Socket[bytes], value: object
+) -> None:
+    raw.send(envelope(topic="control.task.submit", body={"operation": "echo", "payload": value}))
+    env = decode(raw.recv())
+    assert (env.id, env.body["code"]) == ("x1", "bad_frame") and "ext type" in str(env.body["message"])
+    with bus.client() as c:
+        assert c.stats()["tasks_submitted"] == 0
+
+
+def test_nan_is_taken_inside_a_payload_and_refused_in_a_typed_field(bus: Bus, raw: zmq.Socket[bytes]) -> None:
+    raw.send(envelope(topic="control.task.submit", body={"operation": "echo", "payload": [float("nan")]}))
+    assert decode(raw.recv()).kind.value == "reply"
+    raw.send(envelope(topic="control.task.submit", body={"operation": "echo", "deadline": float("nan")}))
+    env = decode(raw.recv())
+    assert env.body["code"] == "invalid" and "deadline" in str(env.body["message"])
+
+
+def test_watching_a_pattern_that_never_delivers_exits_4_with_one_line(bus: Bus) -> None:
+    out = bus.ctl("watch", "control.collector.task.#")
+    assert out.returncode == 4
+    assert "only events.* topics are published" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
