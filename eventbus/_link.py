@@ -11,6 +11,7 @@ new one) took the connection back.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -18,19 +19,27 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from distributor.errors import UnknownTask
-from eventbus.errors import ConnectionReset, DaemonRestarted, DaemonUnreachable, EventBusError
+from eventbus.errors import ConnectionReset, DaemonRestarted, DaemonUnreachable, EventBusError, Forbidden
 
 #: the only events the clients act on (no reconnect-attempt noise)
-MONITORED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+MONITORED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
 def link_event(frames: list[bytes]) -> bool | None:
-    """True if a monitor message says the connection is up, False if it dropped, None otherwise."""
+    """True if a monitor message says the connection is up, False if it dropped, None otherwise.
+
+    Raises :class:`Forbidden` when the daemon refused the connection (this uid is not served).
+    """
     event = parse_monitor_message(frames)["event"]
     if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
         return True
     if event == zmq.EVENT_DISCONNECTED:
         return False
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        raise Forbidden(
+            f"eventbusd refused the connection: uid {os.getuid()} is not allowed "
+            "(the daemon serves its own uid, root, allowed_uids and allowed_gids)"
+        )
     return None
 
 
@@ -47,12 +56,20 @@ class SyncLink:
         self.up = True
         #: the connection dropped since the owner last cleared this (even if it is up again)
         self.dropped = False
+        #: the daemon refused the connection: every request fails with it
+        self.refused: Forbidden | None = None
 
     def update(self) -> None:
         """Apply the monitor events received so far."""
         # EVENTS, not a poll: no system call on the hot path when nothing happened
+        if self.refused is not None:
+            raise self.refused
         while int(self._mon.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            state = link_event(self._mon.recv_multipart())
+            try:
+                state = link_event(self._mon.recv_multipart())
+            except Forbidden as exc:
+                self.refused = exc
+                raise
             if state is not None:
                 self.up = state
                 self.dropped = self.dropped or not state

@@ -231,11 +231,14 @@ class Broker:
                 log.exception("error handling a message from peer %r (%s)", identity, peer.describe())
         self._recheck()
 
-    @property
-    def connections(self) -> tuple[int, int]:
-        """(connections vetted, connections refused) since the start."""
+    def counters(self) -> dict[str, int]:
+        """Transport counters for ``stats``: connections vetted and refused, messages dropped."""
         zap = self._zap
-        return (zap.connections, zap.refused) if zap is not None else (0, 0)
+        return {
+            "connections": zap.connections if zap is not None else 0,
+            "connections_refused": zap.refused if zap is not None else 0,
+            "messages_dropped": self.dropped,
+        }
 
     def _recheck(self) -> None:
         """Schedule a read if frames wait: any send or receive may have consumed the FD's edge."""

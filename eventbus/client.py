@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -37,6 +38,7 @@ from eventbus.errors import (
     ConnectionReset,
     DaemonUnreachable,
     EventBusError,
+    Forbidden,
     ProtocolError,
     RequestTimeout,
     error_from_code,
@@ -112,6 +114,10 @@ def _next_page(so_far: m.TaskPage, reply: dict[str, Any], limit: int) -> tuple[m
         tasks=[*so_far.tasks, *page.tasks], next=page.next, truncated=so_far.truncated or page.truncated
     )
     return merged, bool(page.tasks) and page.next is not None and len(merged.tasks) < limit
+
+
+def _same(exc: EventBusError) -> EventBusError:
+    return exc
 
 
 class _Ids:
@@ -358,6 +364,8 @@ class Client:
         self._mon: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
+        #: set when the daemon refused the connection (this uid is not served)
+        self._refused: Forbidden | None = None
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -433,7 +441,12 @@ class Client:
         """Track the connection: when the daemon goes away, every pending request fails at once."""
         try:
             while True:
-                state = link_event(await mon.recv_multipart())
+                try:
+                    state = link_event(await mon.recv_multipart())
+                except Forbidden as exc:
+                    self._refused = exc
+                    self._fail_pending(functools.partial(_same, exc))
+                    continue
                 if state:
                     self._up.set()
                 elif state is False:
@@ -453,6 +466,8 @@ class Client:
 
     async def _ensure_link(self, within: float) -> None:
         """Return once the connection is up; :class:`DaemonUnreachable` with the cause if not within ``within`` s."""
+        if self._refused is not None:
+            raise self._refused
         if self._sock is not None and not self._up.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._up.wait(), within)

@@ -46,7 +46,7 @@ class Daemon:
             max_pending_bytes_per_peer=settings.max_pending_bytes_per_peer,
             policy=policy,
         )
-        service = Service(settings, broker.send, loop=loop, policy=policy)
+        service = Service(settings, broker.send, loop=loop, policy=policy, transport_counters=broker.counters)
         broker.start(loop, service.on_message, service.peer_gone)
         ticker = loop.create_task(self._tick(service, stop))
         log.info("eventbusd %s ready on %s (strategy %s)", __version__, self.socket_path, settings.strategy)

@@ -60,6 +60,7 @@ class Service:
         *,
         loop: asyncio.AbstractEventLoop,
         policy: AccessPolicy,
+        transport_counters: Callable[[], dict[str, int]] = dict,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -73,6 +74,7 @@ class Service:
         self.forbidden = 0
         self.undelivered = 0
         self._policy = policy
+        self._transport_counters = transport_counters
         self.owners = Ownership(settings.heartbeat_interval_s, self._silence)
         #: credentials of the connection whose message is being handled
         self._sender = UNKNOWN
@@ -311,6 +313,7 @@ class Service:
         snap = self.distributor.snapshot(self._clock())
         snap["bad_frames"] = self.bad_frames
         snap["forbidden"] = self.forbidden
+        snap.update(self._transport_counters())
         snap["messages_undelivered"] = self.undelivered
         snap["subscribers"] = len(self.subscriptions)
         return snap

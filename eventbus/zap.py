@@ -4,16 +4,20 @@ libzmq asks the handler (an inproc socket at ``inproc://zeromq.zap.01`` in
 the broker's context) about each new connection of a socket that has a
 ``ZAP_DOMAIN``, even on the NULL mechanism. On ``ipc://`` the request's
 address is ``localhost:UID:GID:PID``, read from the kernel (SO_PEERCRED), so
-it cannot be forged by the peer. Every connection is accepted and stamped
-with a ``User-Id`` (:meth:`eventbus.peers.Peer.user_id`) that says whether the
-access policy serves it: refused peers then get a typed ``forbidden`` answer
-to each request instead of a silent hang.
+it cannot be forged by the peer. A connection the access policy does not
+serve is refused here, during the handshake, before libzmq attaches it: it
+never reaches the daemon's message handling, and it cannot take over a
+collector's routing id either. Its client learns of the refusal from its
+socket monitor (``EVENT_HANDSHAKE_FAILED_AUTH``). Accepted connections are
+stamped with a ``User-Id`` (:meth:`eventbus.peers.Peer.user_id`) that libzmq
+attaches to every frame they send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import zmq
@@ -26,6 +30,8 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN = b"eventbus"
 #: ZAP requests handled per callback before yielding to the loop
 _BATCH = 64
+#: a refused client reconnects every 100 ms: its refusal is logged at most this often
+_LOG_EVERY_S = 60.0
 
 
 class ZapHandler:
@@ -40,6 +46,7 @@ class ZapHandler:
         self._serial = 0
         self.connections = 0
         self.refused = 0
+        self._logged: dict[int, float] = {}  # uid -> when its refusal was last logged
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -79,11 +86,25 @@ class ZapHandler:
             log.warning("refusing a connection without Unix credentials (address %r)", address)
             return [*head, b"1.0", request_id, b"400", b"no peer credentials", b"", b""]
         uid, gid, pid = creds
-        self._serial += 1
         self.connections += 1
-        served = self.policy.serves(uid, gid, pid)
-        if not served:
+        if not self.policy.serves(uid, gid, pid):
             self.refused += 1
-            log.warning("connection from pid=%d uid=%d gid=%d is not allowed; its requests are refused", pid, uid, gid)
-        peer = Peer(uid, gid, pid, self._serial, served)
+            self._log_refusal(uid, gid, pid)
+            return [*head, b"1.0", request_id, b"400", f"uid {uid} is not allowed".encode(), b"", b""]
+        self._serial += 1
+        peer = Peer(uid, gid, pid, self._serial, served=True)
         return [*head, b"1.0", request_id, b"200", b"OK", peer.user_id().encode(), b""]
+
+    def _log_refusal(self, uid: int, gid: int, pid: int) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(uid, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            if len(self._logged) > 1024:
+                self._logged.clear()
+            self._logged[uid] = now
+            log.warning(
+                "refused a connection from pid=%d uid=%d gid=%d: not an allowed uid or group (%d refusals so far)",
+                pid,
+                uid,
+                gid,
+                self.refused,
+            )

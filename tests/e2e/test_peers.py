@@ -6,6 +6,8 @@ import os
 import signal
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -169,8 +171,32 @@ def test_another_uid_is_refused_forbidden_and_counted(bus: Bus) -> None:
     out = _ctl_as(bus, NOBODY, "submit", "echo")
     assert out.returncode == 4, out
     with bus.client() as c:
-        assert c.stats()["forbidden"] == 2
+        stats = c.stats()
+        # refused during the handshake: never served, and nothing was queued
+        assert stats["connections_refused"] >= 2 and stats["tasks_submitted"] == 0
     assert f"uid={NOBODY}" in bus.daemon.output()  # type: ignore[union-attr]
+
+
+@needs_root
+def test_a_refused_uid_cannot_take_a_collectors_routing_id(bus: Bus) -> None:
+    bus.start_collector("c9", "demo")
+    _open_to_everyone(bus)
+    # a process of a uid the daemon does not serve connects with the collector's routing id
+    script = (
+        "import zmq, time; c = zmq.Context(); s = c.socket(zmq.DEALER); s.setsockopt(zmq.ROUTING_ID, b'c9');"
+        f"s.setsockopt(zmq.LINGER, 0); s.connect('ipc://{bus.socket}'); time.sleep(3); "
+        "print('got', s.poll(0)); s.close(); c.term()"
+    )
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", script]
+    intruder = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        with bus.client() as c:  # dispatches keep reaching the real collector
+            assert [c.wait(c.submit("echo", i), timeout=10).state.value for i in range(3)] == ["succeeded"] * 3
+        out, _ = intruder.communicate(timeout=10)
+    finally:
+        intruder.kill()
+    assert out.strip() == "got 0"
 
 
 @needs_root
