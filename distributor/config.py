@@ -25,6 +25,11 @@ class DistributorConfig:
     forget_unhealthy_after_s: float = 300.0
 
     @property
+    def per_operation_bytes(self) -> int:
+        """The share of ``max_queued_bytes`` one operation may hold: the same share as its task count."""
+        return self.max_queued_bytes * self.per_operation_limit // self.max_queue_size
+
+    @property
     def per_operation_limit(self) -> int:
         """``max_queued_per_operation``, or half of ``max_queue_size`` (at least 1) when unset."""
         if self.max_queued_per_operation is not None:

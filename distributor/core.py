@@ -80,7 +80,7 @@ class TaskDistributor(TaskMachine):
         return self.stats.snapshot(
             tasks_queued=len(self.queue),
             tasks_pending=self._pending,
-            queued_bytes=self.open_bytes,
+            unfinished_bytes=self.open_bytes,
             tasks_in_flight=self._in_flight,
             active_collectors=sum(1 for c in collectors if c.status is CollectorStatus.AVAILABLE),
             collectors=len(collectors),
@@ -253,7 +253,7 @@ class TaskDistributor(TaskMachine):
         task = TaskRecord(
             request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner, size=size
         )
-        self.open_bytes += size
+        self._hold(task, size)
         self._tasks[task_id] = task
         self.stats.tasks_submitted += 1
         if request.deadline is not None:

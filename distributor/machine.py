@@ -63,8 +63,9 @@ class TaskMachine:
         self._now = 0.0
         self._pending = 0
         self._pending_by_operation: Counter[str] = Counter()
-        #: bytes of the tasks not finished yet (their submitted size)
+        #: bytes of the tasks not finished yet (their submitted size), in all and per operation
         self.open_bytes = 0
+        self._open_bytes_by_operation: Counter[str] = Counter()
         self._in_flight = 0
         self._dispatches = 0
         self._serial = 0
@@ -106,6 +107,14 @@ class TaskMachine:
         for task_id in self.history.overflow(self._calls):
             self._tasks.pop(task_id, None)
 
+    def _hold(self, task: TaskRecord, size: int) -> None:
+        """Count ``size`` more (or, negative, fewer) bytes held by unfinished tasks."""
+        operation = task.request.operation
+        self.open_bytes += size
+        self._open_bytes_by_operation[operation] += size
+        if not self._open_bytes_by_operation[operation]:
+            del self._open_bytes_by_operation[operation]
+
     def _admit(self, operation: str, size: int) -> None:
         """Raise :class:`QueueFull` unless a new task of ``operation`` and ``size`` bytes fits the queue limits."""
         cfg = self.config
@@ -115,6 +124,12 @@ class TaskMachine:
             raise QueueFull(
                 f"unfinished tasks hold {self.open_bytes} bytes; a task of {size} more exceeds "
                 f"max_queued_bytes={cfg.max_queued_bytes}"
+            )
+        held, share = self._open_bytes_by_operation[operation], cfg.per_operation_bytes
+        if held + size > share:
+            raise QueueFull(
+                f"operation {operation!r} already holds {held} bytes of unfinished tasks; a task of {size} more "
+                f"exceeds its share {share} of max_queued_bytes (as max_queued_per_operation is of max_queue_size)"
             )
         limit = cfg.per_operation_limit
         if self.queue.depth(operation) + self._pending_by_operation[operation] >= limit:
@@ -320,13 +335,13 @@ class TaskMachine:
     def _settle(self, task: TaskRecord, state: TaskState) -> None:
         task.state = state
         task.finished_at = self._now
-        self.open_bytes -= task.size
+        self._hold(task, -task.size)
         task.size = 0
         self.stats.finished(state, self._now - task.created_at)
         self._task_event(task)
         self._actions.append(Finished(task.task_id))
-        # the payload is not part of the task's public view: only the result is worth keeping
-        task.request = task.request.model_copy(update={"payload": None})
+        # payload and metadata are not part of the task's public view: only the result is worth keeping
+        task.request = task.request.model_copy(update={"payload": None, "metadata": {}})
         self.history.add(task.task_id, self._calls, task.result_size if task.result is not None else 0)
 
     # ---- collector liveness -------------------------------------------

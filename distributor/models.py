@@ -19,6 +19,9 @@ TaskId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$", min_length=1, max_l
 #: attribute values; integers are bounded so every number converts to a float exactly enough
 AttrValue = bool | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | Annotated[str, Field(max_length=1024)]
 
+#: free-form labels of a task or collector: bounded, since the daemon keeps them
+Metadata = dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=1024)]]
+
 PRIORITY_MIN = 1
 PRIORITY_MAX = 10
 ALL_PRIORITIES = tuple(range(PRIORITY_MIN, PRIORITY_MAX + 1))
@@ -68,8 +71,8 @@ class CollectorCapability(_Record):
     priority_levels: list[Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]] = Field(
         default_factory=lambda: list(ALL_PRIORITIES), min_length=1
     )
-    attributes: dict[str, AttrValue] = Field(default_factory=dict)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    attributes: dict[Annotated[str, Field(max_length=64)], AttrValue] = Field(default_factory=dict, max_length=64)
+    metadata: Metadata = Field(default_factory=dict, max_length=64)
 
 
 class TaskRequest(_Record):
@@ -86,7 +89,7 @@ class TaskRequest(_Record):
     deadline: float | None = Field(default=None, description="absolute epoch seconds")
     constraints: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=32)
     depends_on: list[TaskId] = Field(default_factory=list, max_length=256)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict, max_length=64)
     correlation_id: str | None = Field(default=None, max_length=256)
     created_at: float | None = None
 

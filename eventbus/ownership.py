@@ -46,6 +46,8 @@ class Ownership:
         self._silence = silence
         self._owners: dict[str, Peer] = {}
         self._routes: dict[str, bytes] = {}
+        #: entries past which ids the distributor has forgotten are swept (amortised O(1))
+        self._sweep_at = 64
 
     def route(self, collector_id: str) -> bytes | None:
         """The routing id to send to a collector on (None: not registered here)."""
@@ -102,7 +104,18 @@ class Ownership:
             previous = owner
         self._owners[collector_id] = peer
         self._routes[collector_id] = routing_id
+        if len(self._owners) > self._sweep_at:
+            self._sweep()
         return previous
+
+    def _sweep(self) -> None:
+        """Forget ids the distributor no longer knows (collectors that died and were forgotten)."""
+        for collector_id in [cid for cid in self._owners if self._silence(cid) is None]:
+            self.forget(collector_id)
+        self._sweep_at = 2 * len(self._owners) + 64
+
+    def __len__(self) -> int:
+        return len(self._owners)
 
     def check(self, collector_id: str, routing_id: bytes, peer: Peer) -> None:
         """Raise :class:`Forbidden` unless ``peer`` may act for the collector.

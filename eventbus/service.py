@@ -250,7 +250,7 @@ class Service:
                 f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
             )
         request = m.parse(TaskRequest, env.body)
-        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid, size=env.size)
+        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid, size=env.weight)
         self.perform(actions)
         return {"task_id": task_id}
 
@@ -439,7 +439,7 @@ class Service:
             if result.collector_id != collector_id:
                 raise Forbidden(f"result names collector {result.collector_id!r}, sent as {collector_id!r}")
             # the frame size stands for the result's size: the history is bounded by it
-            actions = d.complete(result, now, size=env.size)
+            actions = d.complete(result, now, size=env.weight)
         self.perform(actions)
         return {"task_id": event.task_id}
 

@@ -56,9 +56,10 @@ class DaemonSettings(_Settings):
     )
     max_queued_bytes: int = Field(
         default=256 << 20,
-        ge=1 << 20,
-        description="bytes (as submitted) of all tasks not finished yet, at least max_message_size; "
-        "past it submissions are refused queue_full",
+        ge=1024,
+        description="estimated memory of all tasks not finished yet (frame size plus 64 bytes per map or "
+        "array element), at least max_message_size; one operation may hold the same share of it as "
+        "max_queued_per_operation is of max_queue_size; past it submissions are refused queue_full",
     )
     max_retries: int = Field(default=3, ge=0, le=100, description="retries of a failed attempt before a task fails")
     retry_backoff_base_ms: float = Field(default=100.0, gt=0, description="first retry backoff cap, doubled per retry")
@@ -84,7 +85,7 @@ class DaemonSettings(_Settings):
     peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
     max_pending_bytes_per_peer: int = Field(
         default=8 << 20,
-        ge=1 << 16,
+        ge=1024,
         description="bytes buffered per slow peer before dropping; a collector over it is treated as stuck "
         "(its attempts are requeued), a client loses the replies sent past it",
     )

@@ -153,14 +153,23 @@ def test_an_unserved_operation_cannot_fill_the_queue_for_the_others() -> None:
 
 
 def test_unfinished_tasks_are_bounded_in_bytes_until_they_finish() -> None:
-    dist = TaskDistributor(DistributorConfig(max_queued_bytes=3000))
+    dist = TaskDistributor(DistributorConfig(max_queued_bytes=3000, max_queue_size=10, max_queued_per_operation=10))
     first, _ = dist.submit(TaskRequest(operation="nobody"), 0.0, size=2000)
     dist.submit(TaskRequest(operation="echo"), 0.0, size=1000)
     with pytest.raises(QueueFull, match=r"hold 3000 bytes; a task of 1 more exceeds max_queued_bytes=3000"):
         dist.submit(TaskRequest(operation="echo"), 0.0, size=1)
     dist.cancel(first, 1.0)  # a finished task gives its bytes back
     dist.submit(TaskRequest(operation="echo"), 1.0, size=2000)
-    assert dist.snapshot(1.0)["queued_bytes"] == 3000
+    assert dist.snapshot(1.0)["unfinished_bytes"] == 3000
+
+
+def test_one_operation_cannot_hold_every_byte_of_the_queue() -> None:
+    dist = TaskDistributor(DistributorConfig(max_queued_bytes=4000, max_queue_size=10))  # a share of 5/10
+    dist.submit(TaskRequest(operation="nobody"), 0.0, size=2000)
+    with pytest.raises(QueueFull, match=r"operation 'nobody' already holds 2000 bytes.* its share 2000"):
+        dist.submit(TaskRequest(operation="nobody"), 0.0, size=1)
+    dist.submit(TaskRequest(operation="echo"), 0.0, size=2000)
+    assert dist.snapshot(0.0)["unfinished_bytes"] == 4000
 
 
 def test_pending_tasks_count_against_their_operations_limit() -> None:

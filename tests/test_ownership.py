@@ -93,6 +93,15 @@ def test_an_id_the_distributor_forgot_is_free(owners: Ownership, clock: Clock) -
     assert owners.route("c1") is None
 
 
+def test_ids_the_distributor_forgot_are_swept_as_new_ones_register(owners: Ownership, clock: Clock) -> None:
+    for i in range(1000):
+        clock.silence[f"c{i}"] = 0.0  # known while it registers ...
+        owners.register(f"c{i}", f"c{i}".encode(), ME)
+        if i % 10:
+            del clock.silence[f"c{i}"]  # ... then forgotten by the distributor, except every tenth
+    assert len(owners) <= 2 * 100 + 64 + 1
+
+
 def test_user_ids_parse_back_to_the_peer_and_garbage_is_not_served() -> None:
     cache = PeerCache()
     assert cache.get(ME.user_id()) == ME

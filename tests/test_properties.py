@@ -92,10 +92,11 @@ class DistributorMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        cfg = DistributorConfig(max_queue_size=40, max_retries=2, heartbeat_timeout_s=10)
+        cfg = DistributorConfig(max_queue_size=40, max_retries=2, heartbeat_timeout_s=10, max_queued_bytes=60_000)
         self.dist = TaskDistributor(cfg, rng=random.Random(0))
         self.now = 0.0
         self.submitted: list[str] = []
+        self.sizes: dict[str, int] = {}
         self.finished: Counter[str] = Counter()
         self.in_flight: dict[tuple[str, int], Dispatch] = {}
         self.n = 0
@@ -155,9 +156,17 @@ class DistributorMachine(RuleBasedStateMachine):
         timeout_ms=st.sampled_from([500, 5000, 60000]),
         deadline_in=st.none() | st.floats(0.5, 30),
         after=st.booleans(),
+        size=st.integers(0, 5000),
     )
     def submit(
-        self, op: str, priority: int, skill: int | None, timeout_ms: int, deadline_in: float | None, after: bool
+        self,
+        op: str,
+        priority: int,
+        skill: int | None,
+        timeout_ms: int,
+        deadline_in: float | None,
+        after: bool,
+        size: int,
     ) -> None:
         self.n += 1
         request = TaskRequest(
@@ -170,9 +179,10 @@ class DistributorMachine(RuleBasedStateMachine):
             depends_on=[self.submitted[-1]] if after and self.submitted else [],
         )
         try:
-            tid, actions = self.dist.submit(request, self.now)
+            tid, actions = self.dist.submit(request, self.now, size=size)
         except QueueFull:
             return
+        self.sizes[tid] = size
         self.submitted.append(tid)
         self.apply(actions)
 
@@ -214,6 +224,11 @@ class DistributorMachine(RuleBasedStateMachine):
         for tid in self.submitted:
             info = self.dist.get(tid)
             assert (self.finished[tid] == 1) == info.state.terminal
+
+    @invariant()
+    def unfinished_tasks_hold_exactly_their_bytes(self) -> None:
+        unfinished = sum(self.sizes[tid] for tid in self.submitted if not self.dist.get(tid).state.terminal)
+        assert self.dist.snapshot(self.now)["unfinished_bytes"] == unfinished
 
     @invariant()
     def no_task_is_lost_and_capacity_holds(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from benchmarks.malformed import flood, rss_kib
+from eventbus.errors import QueueFull
 from tests.e2e.conftest import Bus, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -70,3 +71,18 @@ def test_ten_thousand_malformed_frames_grow_the_daemon_by_at_most_32_mib(bus: Bu
     assert out.answered == 10_000
     assert out.succeeded == out.submitted > 0
     assert out.growth_kib <= 32 * 1024, out
+
+
+def test_unfinished_tasks_are_charged_for_what_they_decode_to_not_their_frame(bare_bus: Bus) -> None:
+    bus = bare_bus
+    bus.start_daemon("--max-queued-bytes", str(32 << 20), "--max-queued-per-operation", "10000")
+    many_maps: list[dict[str, int]] = [{} for _ in range(100_000)]  # ~100 KB on the wire, ~7 MB once decoded
+    accepted = 0
+    with bus.client() as c:
+        with pytest.raises(QueueFull, match="max_queued_bytes"):
+            for _ in range(100):
+                c.submit("nobody-serves-this", many_maps)
+                accepted += 1
+        stats = c.stats()
+    assert 2 <= accepted <= 5, accepted
+    assert stats["unfinished_bytes"] >= accepted * 64 * 100_000
