@@ -26,6 +26,9 @@ from distributor.strategies import LeastLoaded, RoutingStrategy
 from distributor.tasks import TaskRecord
 from distributor.timers import TimerHeap, TimerKind
 
+#: bytes a kept task id or constraint string costs in a finished record (string, list slot)
+_KEPT_PER_ITEM = 256
+
 
 def _anyone(state: CollectorState) -> bool:
     return True
@@ -342,7 +345,12 @@ class TaskMachine:
         self._actions.append(Finished(task.task_id))
         # payload and metadata are not part of the task's public view: only the result is worth keeping
         task.request = task.request.model_copy(update={"payload": None, "metadata": {}})
-        self.history.add(task.task_id, self._calls, task.result_size if task.result is not None else 0)
+        request = task.request
+        # what the record still holds besides its fixed overhead: the result, dependencies, constraints
+        kept = (task.result_size if task.result is not None else 0) + _KEPT_PER_ITEM * (
+            len(request.depends_on) + len(request.constraints)
+        )
+        self.history.add(task.task_id, self._calls, kept)
 
     # ---- collector liveness -------------------------------------------
 
