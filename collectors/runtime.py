@@ -1,4 +1,8 @@
-"""Runs a :class:`~collectors.sdk.Collector` against the daemon: register, heartbeat, execute, drain."""
+"""Runs a :class:`~collectors.sdk.Collector` against the daemon: register, heartbeat, execute, drain.
+
+The connection (id claim, registration, heartbeats, reconnects) is kept by
+the :class:`~collectors.session.Session` the runtime holds.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collectors.sdk import Collector, OperationSpec, TaskContext, models_of
+from collectors.session import MISSED_HEARTBEATS, RECONNECT_BASE_S, RECONNECT_MAX_S, Session
 from distributor.models import (
     ALL_PRIORITIES,
     INVALID_RESULT,
@@ -24,23 +28,12 @@ from distributor.models import (
 )
 from eventbus import messages as m
 from eventbus.client import Client
-from eventbus.errors import (
-    DaemonUnreachable,
-    EventBusError,
-    Forbidden,
-    ProtocolError,
-    RequestTimeout,
-    UnknownCollector,
-)
+from eventbus.errors import DaemonUnreachable, EventBusError, ProtocolError, RequestTimeout
 from eventbus.wire import MAX_DEPTH, check_value
 
-log = logging.getLogger(__name__)
+__all__ = ["MISSED_HEARTBEATS", "RECONNECT_BASE_S", "RECONNECT_MAX_S", "SYNC_CANCEL_WAIT_S", "CollectorRuntime"]
 
-#: heartbeats in a row without an answer before the connection is rebuilt
-MISSED_HEARTBEATS = 2
-#: reconnect backoff: first delay and cap, in seconds (full jitter)
-RECONNECT_BASE_S = 0.1
-RECONNECT_MAX_S = 30.0
+log = logging.getLogger(__name__)
 #: how long a cancelled sync operation is waited for before its slot is given up
 SYNC_CANCEL_WAIT_S = 30.0
 
@@ -75,15 +68,13 @@ class CollectorRuntime:
         self._running: dict[tuple[str, int], _Running] = {}
         self._accepting = True
         self._abandoning = False  # grace period over: cut attempts are not reported (they are requeued)
-        self._heartbeat_interval = 5.0
         self._client: Client | None = None
+        self._session: Session | None = None
         self._stop: asyncio.Event | None = None
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="op")
         self._background: set[asyncio.Task[Any]] = set()
         #: results not yet acknowledged by the daemon, re-sent after a reconnect
         self._outbox: dict[tuple[str, int], dict[str, Any]] = {}
-        #: set when another process took our collector id over: run() raises it after stopping
-        self._superseded: Forbidden | None = None
 
     def capability(self) -> CollectorCapability:
         levels = sorted({p for _, spec in self._ops.values() for p in spec.priority_levels} or ALL_PRIORITIES)
@@ -102,16 +93,27 @@ class CollectorRuntime:
         self._client = Client(
             self._socket, identity=self.collector_id, on_publish=self._on_publish, timeout=self._timeout
         )
+        self._session = session = Session(
+            self._client,
+            stop,
+            collector_id=self.collector_id,
+            socket=self._socket,
+            timeout=self._timeout,
+            capability=self.capability,
+            accepting=lambda: self._accepting,
+            current_tasks=lambda: len(self._running),
+            resend=self._resend_outbox,
+        )
         heartbeat: asyncio.Task[None] | None = None
         try:
-            if not await self._connect_until_done(stop) or not await self._register_until_done(stop):
+            if not await session.connect_until_done() or not await session.register_until_done():
                 return
             # heartbeats go on while draining, or a long drain would look like death
-            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+            heartbeat = asyncio.get_running_loop().create_task(session.heartbeat_loop())
             await stop.wait()
-            if self._superseded is not None:
+            if session.superseded is not None:
                 await self._abandon_running()
-                raise self._superseded
+                raise session.superseded
             await self._drain_and_leave()
         finally:
             if heartbeat is not None:
@@ -121,142 +123,9 @@ class CollectorRuntime:
             await self._client.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _connect_until_done(self, stop: asyncio.Event) -> bool:
-        """Connect, waiting with backoff for a daemon that is not up yet; False if stopped first."""
-        assert self._client is not None
-        delay = RECONNECT_BASE_S
-        while not stop.is_set():
-            try:
-                retry_after = await self._id_is_free()
-                if retry_after is None:
-                    await self._client.connect()
-                    return True
-                # the holder may go at any time: ask again each heartbeat interval
-                pause = random.uniform(retry_after / 2, retry_after)
-            except (DaemonUnreachable, RequestTimeout) as exc:
-                log.warning("collector_id=%s: %s; retrying", self.collector_id, exc)
-                pause = random.uniform(0, delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
-        return False
-
-    async def _id_is_free(self) -> float | None:
-        """None if our collector id is free; else how long to wait before asking again.
-
-        Asked on a connection without our routing id, because connecting with
-        it would take a live holder's connection over (the daemon's ROUTER
-        hands a routing id to its newest connection), leaving the holder deaf
-        until it reconnects.
-        """
-        async with Client(self._socket, timeout=self._timeout) as probe:
-            reply = await probe.request(m.CLAIM, {"collector_id": self.collector_id})
-        if reply.get("free", True):
-            return None
-        log.warning(
-            "collector_id=%s is held by a live process (pid %s, uid %s); waiting for it to stop",
-            self.collector_id,
-            reply.get("pid"),
-            reply.get("uid"),
-        )
-        return float(reply.get("retry_after_s", self._heartbeat_interval))
-
-    # ---- registration and liveness -----------------------------------
-
-    async def _register(self) -> None:
-        assert self._client is not None
-        reply = await self._client.request(m.REGISTER, self.capability().model_dump())
-        self._heartbeat_interval = float(reply.get("heartbeat_interval_s", self._heartbeat_interval))
-        self._client.max_message_size = int(reply.get("max_message_size", self._client.max_message_size))
-        log.info("collector_id=%s registered (%s)", self.collector_id, ", ".join(sorted(self._ops)))
-        if not self._accepting:  # registered again while draining (daemon restarted): say so again
-            await self._leave_request(m.DRAIN)
-
-    async def _register_until_done(self, stop: asyncio.Event) -> bool:
-        """Register, retrying while the daemon does not answer; once registered, always leave properly."""
-        delay = 0.1
-        while not stop.is_set():
-            try:
-                await self._register()
-                return True
-            except (RequestTimeout, DaemonUnreachable) as exc:  # a reset connection is taken back when it returns
-                log.warning("collector_id=%s: registration not answered: %s; retrying", self.collector_id, exc)
-            except Forbidden as exc:
-                # another process won the id between our check and our register: let go of
-                # the routing id at once (we displaced its connection), then wait our turn
-                log.warning("collector_id=%s: registration refused: %s", self.collector_id, exc)
-                assert self._client is not None
-                await self._client.close()
-                if not await self._connect_until_done(stop):
-                    return False
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 30.0)
-        return False
-
-    async def _heartbeat_loop(self) -> None:
-        assert self._client is not None
-        missed = 0
-        while True:
-            await asyncio.sleep(self._heartbeat_interval)
-            try:
-                await self._client.request(
-                    f"{m.HEARTBEAT_PREFIX}.{self.collector_id}", {"current_tasks": len(self._running)}
-                )
-                missed = 0
-            except UnknownCollector:
-                log.info("collector_id=%s: daemon does not know us (restarted?); registering again", self.collector_id)
-                with contextlib.suppress(EventBusError):
-                    await self._register()
-                    self._resend_outbox()
-            except Forbidden as exc:
-                self._lost_id(exc)
-                return
-            except (RequestTimeout, DaemonUnreachable):
-                missed += 1
-                log.warning("collector_id=%s: heartbeat not answered (%d in a row)", self.collector_id, missed)
-                if missed >= MISSED_HEARTBEATS:
-                    await self._reconnect()
-                    if self._superseded is not None:
-                        return
-                    missed = 0
-            except EventBusError as exc:
-                log.error("collector_id=%s: heartbeat refused: %s", self.collector_id, exc)
-
-    async def _reconnect(self) -> None:
-        """Rebuild the connection with exponential backoff and jitter until the daemon takes us back.
-
-        Running attempts go on meanwhile; their results wait in the outbox.
-        """
-        assert self._client is not None
-        delay = RECONNECT_BASE_S
-        while True:
-            try:
-                await self._client.reconnect()
-                await self._register()
-                break
-            except Forbidden as exc:
-                await self._client.close()  # let go of the routing id: its holder needs it
-                self._lost_id(exc)
-                return
-            except EventBusError as exc:
-                log.warning("collector_id=%s: reconnect failed: %s; retrying", self.collector_id, exc)
-            await asyncio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, RECONNECT_MAX_S)
-        log.info("collector_id=%s: reconnected", self.collector_id)
-        self._resend_outbox()
-
     def _resend_outbox(self) -> None:
         for key in list(self._outbox):
             self._spawn(self._deliver(key))
-
-    def _lost_id(self, exc: Forbidden) -> None:
-        """Another process took our collector id over (we were silent too long): stop serving it."""
-        log.error("collector_id=%s: the daemon gave our id to another process (%s); stopping", self.collector_id, exc)
-        self._superseded = Forbidden(f"collector id {self.collector_id!r} was taken over by another process: {exc}")
-        if self._stop is not None:
-            self._stop.set()
 
     async def _abandon_running(self) -> None:
         """Cut running attempts without reporting them: the daemon requeued them when it gave our id away."""
@@ -269,9 +138,9 @@ class CollectorRuntime:
             await asyncio.wait(running, timeout=5)
 
     async def _drain_and_leave(self) -> None:
-        assert self._client is not None
+        assert self._client is not None and self._session is not None
         self._accepting = False
-        await self._leave_request(m.DRAIN)
+        await self._session.leave_request(m.DRAIN)
         running = [r.task for r in self._running.values()]
         if running:
             log.info(
@@ -293,21 +162,8 @@ class CollectorRuntime:
             await asyncio.wait([asyncio.ensure_future(self._deliver(k)) for k in list(self._outbox)])
         if self._background:
             await asyncio.wait(self._background, timeout=self._timeout)
-        if await self._leave_request(m.DEREGISTER):
+        if await self._session.leave_request(m.DEREGISTER):
             log.info("collector_id=%s deregistered", self.collector_id)
-
-    async def _leave_request(self, topic: str) -> bool:
-        """Best effort while shutting down: a daemon that is gone (socket removed) is not waited for."""
-        assert self._client is not None
-        if not self._client.path.exists():
-            log.info("collector_id=%s: daemon is gone; leaving without %s", self.collector_id, topic)
-            return False
-        try:
-            await self._client.request(topic, {"collector_id": self.collector_id}, timeout=min(self._timeout, 2.0))
-        except EventBusError as exc:
-            log.warning("collector_id=%s: %s failed: %s", self.collector_id, topic, exc)
-            return False
-        return True
 
     # ---- commands from the daemon -------------------------------------
 

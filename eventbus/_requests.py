@@ -1,0 +1,155 @@
+"""The verbs both clients speak, described once and free of I/O.
+
+Each verb is a :class:`Call`: the request to send and how its reply body
+becomes the result. :class:`~eventbus.sync_client.SyncClient` sends a call
+and blocks, :class:`~eventbus.client.Client` sends it and awaits; neither
+builds a body or reads a reply itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from distributor.models import CollectorInfo, TaskInfo
+from eventbus import messages as m
+from eventbus.errors import error_from_code
+from eventbus.wire import Envelope, Kind
+
+T = TypeVar("T")
+
+#: a wait is split into server-side waits of at most this long
+WAIT_CHUNK_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One request: ``topic`` and ``body`` to send, ``parse`` to turn the reply body into the result.
+
+    ``timeout`` None leaves the client's own timeout.
+    """
+
+    topic: str
+    body: dict[str, Any]
+    parse: Callable[[dict[str, Any]], T]
+    timeout: float | None = None
+
+
+def wait_chunk(deadline: float | None, now: float) -> float:
+    """The next server-side wait: a chunk, or what is left before ``deadline``."""
+    return WAIT_CHUNK_S if deadline is None else max(0.0, min(WAIT_CHUNK_S, deadline - now))
+
+
+def reply_body(env: Envelope) -> dict[str, Any]:
+    """The body of a reply; a daemon's error reply is raised as its typed error."""
+    if env.kind is Kind.ERROR:
+        raise error_from_code(str(env.body.get("code", "internal")), str(env.body.get("message", "")))
+    return env.body
+
+
+def submit_body(operation: str, payload: Any = None, **fields: Any) -> dict[str, Any]:
+    """A ``control.task.submit`` body; fields left as None take the daemon's defaults."""
+    body = {"operation": operation, "payload": payload}
+    body.update({k: v for k, v in fields.items() if v is not None})
+    return body
+
+
+def list_body(state: str | None, operation: str | None, limit: int, after: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"limit": limit}
+    if state is not None:
+        body["state"] = state
+    if operation is not None:
+        body["operation"] = operation
+    if after is not None:
+        body["after"] = after
+    return body
+
+
+def next_page(so_far: m.TaskPage, reply: dict[str, Any], limit: int) -> tuple[m.TaskPage, bool]:
+    """``so_far`` followed by the page in ``reply``, and whether to ask for another page."""
+    page = m.TaskPage.model_validate(reply)
+    merged = m.TaskPage(
+        tasks=[*so_far.tasks, *page.tasks], next=page.next, truncated=so_far.truncated or page.truncated
+    )
+    return merged, bool(page.tasks) and page.next is not None and len(merged.tasks) < limit
+
+
+# ---- the verbs ----------------------------------------------------------
+
+
+def _as_is(reply: dict[str, Any]) -> dict[str, Any]:
+    return reply
+
+
+def _nothing(reply: dict[str, Any]) -> None:
+    return None
+
+
+def _task_id(reply: dict[str, Any]) -> str:
+    return str(reply["task_id"])
+
+
+def _strategy(reply: dict[str, Any]) -> str:
+    return str(reply["strategy"])
+
+
+def _collectors(reply: dict[str, Any]) -> list[CollectorInfo]:
+    return [CollectorInfo.model_validate(c) for c in reply["collectors"]]
+
+
+def _asked(reply: dict[str, Any]) -> list[str]:
+    return [str(cid) for cid in reply["collectors"]]
+
+
+def submit(operation: str, payload: Any = None, **fields: Any) -> Call[str]:
+    """Submit a task; the result is its id."""
+    return Call(m.SUBMIT, submit_body(operation, payload, **fields), _task_id)
+
+
+def get(task_id: str, wait_s: float | None, timeout: float) -> Call[TaskInfo]:
+    """A task's state; with ``wait_s`` the answer may take that long on top of ``timeout``."""
+    return Call(m.GET, {"task_id": task_id, "wait_s": wait_s}, TaskInfo.model_validate, (wait_s or 0) + timeout)
+
+
+def cancel(task_id: str) -> Call[TaskInfo]:
+    return Call(m.CANCEL, {"task_id": task_id}, TaskInfo.model_validate)
+
+
+def list_page(state: str | None, operation: str | None, limit: int, after: str | None) -> Call[dict[str, Any]]:
+    """One ``control.task.list`` request; its reply goes to :func:`next_page`."""
+    return Call(m.LIST, list_body(state, operation, limit, after), _as_is)
+
+
+def status() -> Call[dict[str, Any]]:
+    return Call(m.STATUS, {}, _as_is)
+
+
+def stats() -> Call[dict[str, Any]]:
+    return Call(m.STATS, {}, _as_is)
+
+
+def collectors() -> Call[list[CollectorInfo]]:
+    return Call(m.COLLECTORS, {}, _collectors)
+
+
+def strategy(name: str | None) -> Call[str]:
+    """The routing strategy in use; with ``name``, switch to it first."""
+    return Call(m.STRATEGY, {"name": name} if name else {}, _strategy)
+
+
+def drain(collector_id: str) -> Call[CollectorInfo]:
+    return Call(m.ADMIN_DRAIN, {"collector_id": collector_id}, CollectorInfo.model_validate)
+
+
+def undrain(collector_id: str) -> Call[CollectorInfo]:
+    return Call(m.ADMIN_UNDRAIN, {"collector_id": collector_id}, CollectorInfo.model_validate)
+
+
+def stop_collectors(collector_id: str | None) -> Call[list[str]]:
+    """Ask a collector (None: every collector) to drain and exit; the result is whom it asked."""
+    return Call(m.ADMIN_STOP, {"collector_id": collector_id} if collector_id else {}, _asked)
+
+
+def subscribe(patterns: tuple[str, ...]) -> Call[None]:
+    return Call(m.SUBSCRIBE, {"patterns": list(patterns)}, _nothing)
