@@ -15,7 +15,14 @@ from collections.abc import Callable
 from distributor.models import CollectorCapability
 from eventbus import messages as m
 from eventbus.client import Client
-from eventbus.errors import DaemonUnreachable, EventBusError, Forbidden, RequestTimeout, UnknownCollector
+from eventbus.errors import (
+    DaemonUnreachable,
+    EventBusError,
+    Forbidden,
+    RequestTimeout,
+    UnknownCollector,
+    UnknownVerb,
+)
 
 # one logger for everything a collector's runtime reports, whichever module writes the line
 log = logging.getLogger("collectors.runtime")
@@ -90,7 +97,10 @@ class Session:
         until it reconnects.
         """
         async with Client(self._socket, timeout=self._timeout) as probe:
-            reply = await probe.request(m.CLAIM, {"collector_id": self.collector_id})
+            try:
+                reply = await probe.request(m.CLAIM, {"collector_id": self.collector_id})
+            except UnknownVerb:  # a daemon older than the claim verb: register and let it decide
+                return None
         if reply.get("free", True):
             return None
         log.warning(

@@ -120,7 +120,12 @@ class TaskResult(_Record):
     finished_at: float | None = None
 
 
-class TaskInfo(_Record):
+class _View(BaseModel):
+    # what the daemon reports: a newer daemon may add fields, which older readers skip
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+class TaskInfo(_View):
     """A task's public view: state, attempts, timings, final result."""
 
     task_id: str
@@ -142,7 +147,7 @@ class TaskInfo(_Record):
     truncated: bool = False
 
 
-class CollectorInfo(_Record):
+class CollectorInfo(_View):
     """A collector's public view as shown by ``eventbusctl collectors``."""
 
     collector_id: str

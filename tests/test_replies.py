@@ -104,3 +104,18 @@ def test_an_invalid_result_fails_the_task_without_a_retry() -> None:
     d.complete(TaskResult(task_id="t1", attempt=1, collector_id="c1", success=False, error=error), 1.0)
     info = d.get("t1")
     assert info.state.value == "failed" and info.attempt == 1 and info.retries == 0
+
+
+def test_readers_skip_fields_a_newer_daemon_adds_to_what_it_reports() -> None:
+    from distributor import CollectorCapability, CollectorInfo, TaskDistributor, TaskInfo, TaskRequest
+
+    dist = TaskDistributor()
+    tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    dist.register(
+        CollectorCapability(collector_id="c1", collector_type="t", supported_operations=["x"], max_concurrent_tasks=1),
+        0.0,
+    )
+    task = {**dist.get(tid).model_dump(), "added_later": 1}
+    collector = {**dist.collectors(0.0)[0].model_dump(), "added_later": [1]}
+    assert TaskInfo.model_validate(task).task_id == tid
+    assert CollectorInfo.model_validate(collector).collector_id == "c1"
