@@ -52,9 +52,13 @@ def _nested(depth: int) -> bytes:
 _SMALL_OBJECTS = [{"k": i, "s": "x" * (i % 7)} for i in range(60_000)]
 
 
+#: the kinds of bad input sent in turn (overridable for experiments: EVENTBUS_MALFORMED_KINDS=2,4)
+KINDS = tuple(int(k) for k in os.environ.get("EVENTBUS_MALFORMED_KINDS", "0,1,2,3,4,5").split(","))
+
+
 def malformed_frame(i: int, rng: random.Random) -> bytes:
     """Frame number ``i``: one of six kinds of bad input, in turn."""
-    kind = i % 6
+    kind = KINDS[i % len(KINDS)]
     if kind == 0:
         return rng.randbytes(rng.randint(1, 4096))
     if kind == 1:
@@ -89,8 +93,11 @@ class Outcome:
         return self.rss_after_kib - self.rss_before_kib
 
 
-def flood(socket: Path, daemon_pid: int, frames: int, seed: int = 1) -> Outcome:
-    """Send ``frames`` malformed frames to the daemon on ``socket`` while submitting echo tasks."""
+def flood(socket: Path, daemon_pid: int, frames: int, seed: int = 1, window: int = 1) -> Outcome:
+    """Send ``frames`` malformed frames to the daemon on ``socket`` while submitting echo tasks.
+
+    Up to ``window`` frames are in flight at once (sent before their answers are read).
+    """
     rng = random.Random(seed)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     raw = ctx.socket(zmq.DEALER)
@@ -104,12 +111,16 @@ def flood(socket: Path, daemon_pid: int, frames: int, seed: int = 1) -> Outcome:
         try:
             for i in range(frames):
                 raw.send(malformed_frame(i, rng))
-                raw.recv()  # every frame is answered (an error); a missing answer raises zmq.Again
-                answered += 1
+                if i + 1 >= window:  # keep ``window`` frames in flight
+                    raw.recv()  # every frame is answered (an error); a missing answer raises zmq.Again
+                    answered += 1
                 if i % 50 == 0:
                     submitted += 1
                     info = client.wait(client.submit("echo", {"i": i}), timeout=30)
                     succeeded += info.state.value == "succeeded"
+            for _ in range(min(window, frames) - 1):
+                raw.recv()
+                answered += 1
         finally:
             raw.close(linger=0)
             ctx.term()
@@ -122,6 +133,7 @@ def flood(socket: Path, daemon_pid: int, frames: int, seed: int = 1) -> Outcome:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--window", type=int, default=1, help="frames in flight at once")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ebm-", dir="/tmp"))
@@ -134,7 +146,7 @@ def main() -> None:
             time.sleep(0.05)
         procs.append(subprocess.Popen([str(BIN / "eventbus-collector"), "run", "demo", "--id", "m1"], env=env))
         time.sleep(1.5)
-        out = flood(sock, procs[0].pid, args.frames)
+        out = flood(sock, procs[0].pid, args.frames, window=args.window)
     except EventBusError as exc:
         raise SystemExit(f"malformed: {exc}") from None
     finally:

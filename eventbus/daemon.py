@@ -20,6 +20,7 @@ from eventbus.broker import Broker
 from eventbus.errors import ConfigError, EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE
 from eventbus.logs import setup_logging
+from eventbus.memory import fix_mmap_threshold
 from eventbus.paths import resolve_socket_path
 from eventbus.peers import AccessPolicy
 from eventbus.service import Service
@@ -119,6 +120,7 @@ def main(config_file: Path | None, **flags: Any) -> None:
     try:
         settings = load_settings(DaemonSettings, config_file=config_file, flags=flags)
         setup_logging(settings.log_level, "eventbusd")
+        fix_mmap_threshold()
         run_daemon(settings)
     except ConfigError as exc:
         click.echo(f"eventbusd: error: {exc}", err=True)
