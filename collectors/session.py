@@ -202,12 +202,25 @@ class Session:
 
     async def leave_request(self, topic: str) -> bool:
         """Best effort while shutting down: a daemon that is gone (socket removed) is not waited for."""
+        what = _LEAVING.get(topic, topic)
         if not self.client.path.exists():
-            log.info("collector_id=%s: daemon is gone; leaving without %s", self.collector_id, topic)
+            log.info(
+                "collector_id=%s: eventbusd is gone (no socket at %s); stopping without %s",
+                self.collector_id,
+                self.client.path,
+                what,
+            )
             return False
         try:
             await self.client.request(topic, {"collector_id": self.collector_id}, timeout=min(self._timeout, 2.0))
         except EventBusError as exc:
-            log.warning("collector_id=%s: %s failed: %s", self.collector_id, topic, exc)
+            log.warning("collector_id=%s: %s failed: %s", self.collector_id, what, exc)
             return False
         return True
+
+
+#: what each request a leaving collector makes means to the person reading its log
+_LEAVING = {
+    m.DRAIN: "telling eventbusd to stop sending it tasks",
+    m.DEREGISTER: "deregistering",
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(slots=True)
@@ -23,6 +23,11 @@ class DistributorConfig:
     max_finished_bytes: int = 64 << 20
     #: an unhealthy collector silent this long is forgotten (as if it had deregistered)
     forget_unhealthy_after_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: object) -> DistributorConfig:
+        """The limits read from the attributes of the same names of ``settings`` (the daemon's settings)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     @property
     def per_operation_bytes(self) -> int:

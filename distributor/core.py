@@ -91,6 +91,24 @@ class TaskDistributor(TaskMachine):
             utilization={c.collector_id: round(c.utilization(now), 4) for c in collectors},
         )
 
+    def outcomes(self, now: float) -> dict[str, Any]:
+        """The operator's report: outcomes and completion times per operation, collectors, errors by type."""
+        return {
+            "operations": self.report.operations(),
+            "collectors": [
+                {
+                    "collector_id": c.collector_id,
+                    "status": c.status.value,
+                    "utilization": round(c.utilization, 4),
+                    "success_rate": c.success_rate,
+                    "tasks_completed": c.tasks_completed,
+                    "tasks_failed": c.tasks_failed,
+                }
+                for c in self.collectors(now)
+            ],
+            "errors": self.report.errors(),
+        }
+
     # ---- collector events ---------------------------------------------
 
     def register(self, capability: CollectorCapability, now: float) -> list[Action]:
@@ -292,6 +310,15 @@ class TaskDistributor(TaskMachine):
                     self._time_out(task)
                 elif timer.kind is TimerKind.RETRY and task.state is TaskState.RETRYING:
                     self._enqueue(task)
+        return self._drain()
+
+    def reconfigure(self, config: DistributorConfig, now: float) -> list[Action]:
+        """Apply new limits to later decisions; tasks already taken stay, a smaller history evicts now."""
+        self._now = now
+        self.config = config
+        self.queue.max_size = config.max_queue_size
+        self.history.max_tasks = config.max_finished_tasks
+        self.history.max_bytes = config.max_finished_bytes
         return self._drain()
 
     def set_strategy(self, strategy: RoutingStrategy) -> None:

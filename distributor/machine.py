@@ -21,6 +21,7 @@ from distributor.listing import TaskListing
 from distributor.models import INVALID_RESULT, CollectorStatus, ErrorInfo, TaskResult, TaskState
 from distributor.queue import TaskQueue
 from distributor.registry import CapabilityRegistry, CollectorState, Pool
+from distributor.report import ReportBook
 from distributor.stats import Stats
 from distributor.strategies import LeastLoaded, RoutingStrategy
 from distributor.tasks import TaskRecord
@@ -55,6 +56,7 @@ class TaskMachine:
         self.registry = CapabilityRegistry(self.strategy.key)
         self.queue = TaskQueue(self.config.max_queue_size)
         self.stats = Stats()
+        self.report = ReportBook()
         self._new_task_id = new_task_id
         self._tasks: dict[str, TaskRecord] = {}
         self._listing = TaskListing(self._tasks)
@@ -341,6 +343,9 @@ class TaskMachine:
         self._hold(task, -task.size)
         task.size = 0
         self.stats.finished(state, self._now - task.created_at)
+        self.report.finished(
+            task.request.operation, state, self._now - task.created_at, task.error.type if task.error else None
+        )
         self._task_event(task)
         self._actions.append(Finished(task.task_id))
         # payload and metadata are not part of the task's public view: only the result is worth keeping

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from distributor.models import CollectorInfo, TaskInfo
+from distributor.models import CollectorInfo, CollectorStatus, TaskInfo
 from eventbus import messages as m
 from eventbus.errors import error_from_code
 from eventbus.wire import Envelope, Kind
@@ -75,6 +75,11 @@ def next_page(so_far: m.TaskPage, reply: dict[str, Any], limit: int) -> tuple[m.
     return merged, bool(page.tasks) and page.next is not None and len(merged.tasks) < limit
 
 
+def offers(infos: list[CollectorInfo], operation: str) -> bool:
+    """Whether any of ``infos`` is available (not draining, not silent) and offers ``operation``."""
+    return any(c.status is CollectorStatus.AVAILABLE and operation in c.supported_operations for c in infos)
+
+
 # ---- the verbs ----------------------------------------------------------
 
 
@@ -127,6 +132,11 @@ def status() -> Call[dict[str, Any]]:
 
 def stats() -> Call[dict[str, Any]]:
     return Call(m.STATS, {}, _as_is)
+
+
+def report() -> Call[dict[str, Any]]:
+    """The operator's report: completion times per operation, collectors, errors by type, uptime."""
+    return Call(m.REPORT, {}, _as_is)
 
 
 def collectors() -> Call[list[CollectorInfo]]:

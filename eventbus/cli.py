@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from distributor.models import CollectorInfo, TaskInfo, TaskState
+from eventbus import cliformat
+from eventbus import report as report_format
 from eventbus.client import SyncClient
-from eventbus.clitypes import FiniteFloatRange
+from eventbus.clitypes import FiniteFloatRange, SocketHelpGroup, check_constraints, payload_value
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
 from eventbus.messages import TaskPage
 from eventbus.settings import ClientSettings, click_options, load_settings
-from eventbus.wire import MAX_PAYLOAD_DEPTH, depth
 
 
 class _Ctx:
@@ -39,13 +38,20 @@ def _fail(ctx: _Ctx, code: str, message: str, exit_code: int) -> NoReturn:
     sys.exit(exit_code)
 
 
-def _run(ctx: _Ctx, call: Callable[[SyncClient], Any]) -> Any:
-    """Call the daemon; every eventbus error becomes one line and its documented exit code."""
+def _run(ctx: _Ctx, call: Callable[[SyncClient], Any], flags: dict[str, str] | None = None) -> Any:
+    """Call the daemon; every eventbus error becomes one line and its documented exit code.
+
+    ``flags`` maps request fields to the options that set them, so a message about a field names the option.
+    """
     try:
         with ctx.client() as client:
             return call(client)
     except EventBusError as exc:
-        _fail(ctx, exc.code, exc.message, exit_code_for(exc.code))
+        message = exc.message
+        for field, flag in (flags or {}).items():
+            if message.startswith((f"{field} ", f"{field}.", f"{field}:")):
+                message = flag + message[len(field) :]
+        _fail(ctx, exc.code, message, exit_code_for(exc.code))
 
 
 def _emit(ctx: _Ctx, data: Any, human: Callable[[], None]) -> None:
@@ -55,7 +61,7 @@ def _emit(ctx: _Ctx, data: Any, human: Callable[[], None]) -> None:
         human()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SocketHelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click_options(ClientSettings)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
 @click.pass_context
@@ -65,6 +71,12 @@ def main(click_ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     Exit codes: 0 ok, 1 task failed/cancelled/expired, 2 usage, 3 daemon
     unreachable (or gone or restarted while waiting), 4 rejected by the
     daemon, 5 timed out.
+
+    Example: eventbusctl --socket /run/eventbus/eventbus.sock status
+
+    \b
+    Shell completion (bash; zsh_source and fish_source likewise):
+      eval "$(_EVENTBUSCTL_COMPLETE=bash_source eventbusctl)"
     """
     ctx = _Ctx(ClientSettings(), as_json)
     click_ctx.obj = ctx
@@ -92,60 +104,19 @@ def run() -> None:
     sys.exit(EXIT_OK)
 
 
-def _parse_payload(text: str | None) -> Any:
-    if text is None:
-        return None
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text()
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {text[1:]}: {exc.strerror}", param_hint="--payload") from None
-    try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"invalid JSON: {exc}", param_hint="--payload") from None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--payload") from None
-
-
-def _no_constant(name: str) -> NoReturn:
-    # json.loads takes NaN and Infinity by default, though they are not JSON: refuse them (and so a typo)
-    raise ValueError(f"{name} is not a valid payload value (only finite numbers are)")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text} is out of the range of a float (only finite numbers are valid)")
-    return number
-
-
-def _payload_value(text: str | None) -> Any:
-    """The ``--payload`` value; one that nests deeper than a message may is a usage error."""
-    limit = MAX_PAYLOAD_DEPTH
-    try:
-        value = _parse_payload(text)
-    except RecursionError:  # the JSON parser's own limit, far deeper than the protocol's
-        value = None
-        levels = limit + 1
-    else:
-        levels = depth(value, limit)
-    if levels > limit:
-        raise click.BadParameter(
-            f"nests more than {limit} levels of objects and arrays (the limit for a payload)", param_hint="--payload"
-        )
-    return value
-
-
 @main.command()
 @click.argument("operation")
 @click.option("--payload", help="JSON payload, @FILE to read it from a file, or - for stdin")
 @click.option("--priority", type=click.IntRange(1, 10), help="1-10, higher first [default 5]")
 @click.option("--timeout-ms", type=click.IntRange(min=1), help="run time limit per attempt [default 30000]")
 @click.option("--deadline-s", type=FiniteFloatRange(min=0, min_open=True), help="expire if not done within N s")
-@click.option("--require", "constraints", multiple=True, help="attribute constraint, e.g. 'skill>=5' (repeatable)")
+@click.option(
+    "--require",
+    "constraints",
+    callback=check_constraints,
+    multiple=True,
+    help="attribute constraint, e.g. 'skill>=5' (repeatable)",
+)
 @click.option("--after", "depends_on", multiple=True, help="run only after this task succeeded (repeatable)")
 @click.option("--id", "task_id", help="task id (generated when absent)")
 @click.option("--wait", is_flag=True, help="wait for the final result and print it")
@@ -172,7 +143,7 @@ def submit(
 
     Example: eventbusctl submit solve --payload '{"difficulty": 7}' --require 'skill>=7' --deadline-s 60
     """
-    value = _payload_value(payload)
+    value = payload_value(payload)
     deadline = time.time() + deadline_s if deadline_s is not None else None
 
     def call(client: SyncClient) -> str | TaskInfo:
@@ -186,9 +157,17 @@ def submit(
             constraints=list(constraints) or None,
             depends_on=list(depends_on) or None,
         )
-        return client.wait(tid, timeout=wait_timeout) if wait else tid
+        if not wait:
+            return tid
+        if not client.offers(operation):
+            click.echo(
+                f"eventbusctl: no live collector offers {operation!r}: task {tid} stays queued until one does "
+                "(still waiting; --wait-timeout N gives up after N seconds)",
+                err=True,
+            )
+        return client.wait(tid, timeout=wait_timeout)
 
-    out = _run(ctx, call)
+    out = _run(ctx, call, {"depends_on": "--after", "constraints": "--require", "deadline": "--deadline-s"})
     if isinstance(out, TaskInfo):
         _print_final(ctx, out)
     else:
@@ -205,7 +184,9 @@ def _print_final(ctx: _Ctx, info: TaskInfo) -> None:
     if not ok:
         err = info.error
         reason = f"{err.type}: {err.message}" if err else "no error recorded"
-        click.echo(f"eventbusctl: task {info.task_id} {info.state.value}: {reason}", err=True)
+        click.echo(
+            f"eventbusctl: task {info.task_id} {info.state.value}: {reason} ({cliformat.attempts(info)})", err=True
+        )
         sys.exit(EXIT_TASK_FAILED)
 
 
@@ -213,13 +194,15 @@ def _print_final(ctx: _Ctx, info: TaskInfo) -> None:
 @click.argument("task_id")
 @click.pass_obj
 def task(ctx: _Ctx, task_id: str) -> None:
-    """Show a task's state, attempts and result (exit 1 if it failed, was cancelled or expired)."""
+    """Show a task's state, attempts, times and result (exit 1 if it failed, was cancelled or expired).
+
+    Example: eventbusctl task 3f2a9c0e1b7d4e55a0c1d2e3f4a5b6c7
+    """
     info: TaskInfo = _run(ctx, lambda c: c.get(task_id))
     if ctx.json:
         click.echo(info.model_dump_json())
     else:
-        for key, value in info.model_dump(mode="json").items():
-            click.echo(f"{key:14} {json.dumps(value) if isinstance(value, dict | list) else value}")
+        click.echo(cliformat.task_text(info))
     if info.state in (TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED):
         sys.exit(EXIT_TASK_FAILED)
 
@@ -235,6 +218,8 @@ def tasks(ctx: _Ctx, state: str | None, operation: str | None, limit: int, after
 
     When more tasks match than --limit, the cursor to continue from is
     printed to stderr.
+
+    Example: eventbusctl tasks --state failed --operation echo --limit 20
     """
     if after_cursor is not None and not (after_cursor.isascii() and after_cursor.isdigit()):
         raise click.BadParameter("is not a cursor this command printed", param_hint="--after-cursor")
@@ -258,7 +243,10 @@ def tasks(ctx: _Ctx, state: str | None, operation: str | None, limit: int, after
 @click.argument("name", required=False)
 @click.pass_obj
 def strategy(ctx: _Ctx, name: str | None) -> None:
-    """Show the routing strategy, or switch to NAME (round_robin, least_loaded, first_available, random, best_fit)."""
+    """Show the routing strategy, or switch to NAME (round_robin, least_loaded, first_available, random, best_fit).
+
+    Example: eventbusctl strategy best_fit
+    """
     current = _run(ctx, lambda c: c.strategy(name))
     _emit(ctx, {"strategy": current}, lambda: click.echo(current))
 
@@ -272,7 +260,10 @@ def _set_status(ctx: _Ctx, collector_id: str, call: Callable[[SyncClient], Colle
 @click.argument("collector_id")
 @click.pass_obj
 def drain(ctx: _Ctx, collector_id: str) -> None:
-    """Stop sending new tasks to a collector; its running tasks finish."""
+    """Stop sending new tasks to a collector; its running tasks finish.
+
+    Example: eventbusctl drain demo-1
+    """
     _set_status(ctx, collector_id, lambda c: c.drain(collector_id))
 
 
@@ -280,7 +271,10 @@ def drain(ctx: _Ctx, collector_id: str) -> None:
 @click.argument("collector_id")
 @click.pass_obj
 def undrain(ctx: _Ctx, collector_id: str) -> None:
-    """Resume sending tasks to a drained collector."""
+    """Resume sending tasks to a drained collector.
+
+    Example: eventbusctl undrain demo-1
+    """
     _set_status(ctx, collector_id, lambda c: c.undrain(collector_id))
 
 
@@ -289,7 +283,10 @@ def undrain(ctx: _Ctx, collector_id: str) -> None:
 @click.option("--all", "every", is_flag=True, help="stop every registered collector")
 @click.pass_obj
 def stop(ctx: _Ctx, collector_id: str | None, every: bool) -> None:
-    """Ask a collector (or --all) to finish its running tasks, deregister and exit."""
+    """Ask a collector (or --all) to finish its running tasks, deregister and exit.
+
+    Example: eventbusctl stop --all
+    """
     if bool(collector_id) == every:
         raise click.UsageError("give a COLLECTOR_ID or --all (not both)")
     asked = _run(ctx, lambda c: c.stop_collectors(collector_id))
@@ -300,7 +297,10 @@ def stop(ctx: _Ctx, collector_id: str | None, every: bool) -> None:
 @click.argument("task_id")
 @click.pass_obj
 def cancel(ctx: _Ctx, task_id: str) -> None:
-    """Cancel a queued or running task."""
+    """Cancel a queued or running task.
+
+    Example: eventbusctl cancel 3f2a9c0e1b7d4e55a0c1d2e3f4a5b6c7
+    """
     info: TaskInfo = _run(ctx, lambda c: c.cancel(task_id))
     _emit(ctx, info.model_dump(mode="json"), lambda: click.echo(f"{task_id} {info.state.value}"))
 
@@ -308,7 +308,10 @@ def cancel(ctx: _Ctx, task_id: str) -> None:
 @main.command()
 @click.pass_obj
 def status(ctx: _Ctx) -> None:
-    """Version, uptime, strategy, collectors, queued and in-flight tasks."""
+    """Version, uptime, strategy, collectors, queued and in-flight tasks.
+
+    Example: eventbusctl status
+    """
     data = _run(ctx, lambda c: c.status())
 
     def human() -> None:
@@ -324,7 +327,10 @@ def status(ctx: _Ctx) -> None:
 @main.command()
 @click.pass_obj
 def collectors(ctx: _Ctx) -> None:
-    """Each collector: id, type, operations, attributes, load, status, heartbeat age, success rate."""
+    """Each collector: id, type, operations, attributes, load, status, heartbeat age, success rate.
+
+    Example: eventbusctl --json collectors
+    """
     infos = _run(ctx, lambda c: c.collectors())
     now = time.time()
 
@@ -346,9 +352,23 @@ def collectors(ctx: _Ctx) -> None:
 @main.command()
 @click.pass_obj
 def stats(ctx: _Ctx) -> None:
-    """Counters, queue depths and latency percentiles."""
+    """Counters, queue depths and latency percentiles.
+
+    Example: eventbusctl stats
+    """
     data = _run(ctx, lambda c: c.stats())
-    _emit(ctx, data, lambda: click.echo(json.dumps(data, indent=2)))
+    _emit(ctx, data, lambda: click.echo(cliformat.stats_text(data)))
+
+
+@main.command()
+@click.pass_obj
+def report(ctx: _Ctx) -> None:
+    """Completion-time percentiles per operation, collectors' utilization and success, errors by type, uptime.
+
+    Example: eventbusctl report
+    """
+    data = _run(ctx, lambda c: c.report())
+    _emit(ctx, data, lambda: click.echo(report_format.table(data)))
 
 
 @main.command()
@@ -356,7 +376,10 @@ def stats(ctx: _Ctx) -> None:
 @click.option("--count", type=click.IntRange(min=1), default=None, help="exit after N events")
 @click.pass_obj
 def watch(ctx: _Ctx, patterns: tuple[str, ...], count: int | None) -> None:
-    """Stream events matching PATTERNS (default events.#) until interrupted."""
+    """Stream events matching PATTERNS (default events.#) until interrupted.
+
+    Example: eventbusctl watch 'events.task.+.sleep' --count 10
+    """
 
     def call(client: SyncClient) -> None:
         client.subscribe(*(patterns or ("events.#",)))

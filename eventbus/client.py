@@ -336,8 +336,16 @@ class Client:
     async def stats(self) -> dict[str, Any]:
         return await self._call(rq.stats())
 
+    async def report(self) -> dict[str, Any]:
+        """Completion-time percentiles per operation, collectors' utilization and success, errors by type."""
+        return await self._call(rq.report())
+
     async def collectors(self) -> list[CollectorInfo]:
         return await self._call(rq.collectors())
+
+    async def offers(self, operation: str) -> bool:
+        """Whether a live collector offers ``operation`` now (else its tasks wait in the queue)."""
+        return rq.offers(await self.collectors(), operation)
 
     async def subscribe(self, *patterns: str) -> None:
         """Have events on topics matching ``patterns`` delivered to ``on_publish``."""

@@ -1,11 +1,22 @@
-"""click parameter types shared by the command lines."""
+"""click parameter types and the command group shared by the command lines."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
+
+from distributor.constraints import parse_constraint
+from distributor.errors import InvalidRequest
+from eventbus.errors import EventBusError
+from eventbus.paths import resolve_socket_path
+from eventbus.settings import ClientSettings, load_settings
+from eventbus.wire import MAX_PAYLOAD_DEPTH, depth
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -20,3 +31,85 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+def check_constraints(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Check ``attribute op value`` constraints with the daemon's own parser before anything is sent."""
+    for text in value:
+        try:
+            parse_constraint(text)
+        except InvalidRequest as exc:
+            raise click.BadParameter(exc.message, ctx, param) from None
+    return value
+
+
+def _parse_payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {text[1:]}: {exc.strerror}", param_hint="--payload") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"invalid JSON: {exc}", param_hint="--payload") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--payload") from None
+
+
+def _no_constant(name: str) -> NoReturn:
+    # json.loads takes NaN and Infinity by default, though they are not JSON: refuse them (and so a typo)
+    raise ValueError(f"{name} is not a valid payload value (only finite numbers are)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of the range of a float (only finite numbers are valid)")
+    return number
+
+
+def payload_value(text: str | None) -> Any:
+    """The ``--payload`` value; one that nests deeper than a message may is a usage error."""
+    limit = MAX_PAYLOAD_DEPTH
+    try:
+        value = _parse_payload(text)
+    except RecursionError:  # the JSON parser's own limit, far deeper than the protocol's
+        value = None
+        levels = limit + 1
+    else:
+        levels = depth(value, limit)
+    if levels > limit:
+        raise click.BadParameter(
+            f"nests more than {limit} levels of objects and arrays (the limit for a payload)", param_hint="--payload"
+        )
+    return value
+
+
+#: ``meta`` key of the global flags as given, parsed before any of them takes effect (see ``SocketHelpGroup``)
+_GIVEN = "eventbusctl.given"
+
+
+class SocketHelpGroup(click.Group):
+    """The command group, whose help ends with the socket path the given flags and environment select."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # --help acts as soon as it is parsed: read --socket before, so the help can show its effect
+        with contextlib.suppress(click.ClickException):
+            ctx.meta[_GIVEN], _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        return super().parse_args(ctx, args)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        given = ctx.meta.get(_GIVEN, {})
+        try:
+            settings = load_settings(ClientSettings, flags={k: given.get(k) for k in ClientSettings.model_fields})
+            where = str(resolve_socket_path(settings.socket))
+        except EventBusError as exc:
+            where = f"none ({exc.message})"
+        formatter.write_paragraph()
+        formatter.write_text(f"Socket in effect: {where}")

@@ -6,37 +6,54 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 import uvloop
 
+from eventbus import report
 from eventbus._version import __version__
 from eventbus.broker import Broker
 from eventbus.errors import ConfigError, EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE
+from eventbus.lifecycle import Signals, keep_manager_informed, on_reload, status_line, wind_down
 from eventbus.logs import setup_logging
 from eventbus.memory import fix_mmap_threshold
+from eventbus.notify import Notifier, watchdog_interval
 from eventbus.paths import resolve_socket_path
 from eventbus.peers import AccessPolicy
+from eventbus.reload import SettingsSource, config_file_in_effect, reload
 from eventbus.service import Service
-from eventbus.settings import DaemonSettings, click_options, load_settings
+from eventbus.settings import DaemonSettings, click_options
 
 log = logging.getLogger("eventbus.daemon")
 
 
 class Daemon:
-    """One running eventbusd: broker + service + timer loop, stopped by an :class:`asyncio.Event`."""
+    """One running eventbusd: broker + service + timer loop, driven by the :class:`Signals` events.
 
-    def __init__(self, settings: DaemonSettings) -> None:
+    ``source`` is where SIGHUP reads the settings again (None: nothing to reload);
+    ``environ`` holds the service manager's variables (``NOTIFY_SOCKET``, ``WATCHDOG_USEC``).
+    """
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        source: SettingsSource | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.socket_path = resolve_socket_path(settings.socket)
+        self._source = source
+        env = os.environ if environ is None else environ
+        self._notifier = Notifier.from_environ(env)
+        self._watchdog_s = watchdog_interval(env)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, signals: Signals) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings.model_copy(update={"socket": self.socket_path})
         policy = access_policy(settings)
@@ -49,28 +66,39 @@ class Daemon:
         )
         service = Service(settings, broker.send, loop=loop, policy=policy, transport_counters=broker.counters)
         broker.start(loop, service.on_message, service.peer_gone)
-        ticker = loop.create_task(self._tick(service, stop))
+        helpers = [
+            loop.create_task(self._tick(service)),
+            loop.create_task(keep_manager_informed(self._notifier, service, self._watchdog_s)),
+            loop.create_task(on_reload(signals, self._notifier, service, lambda: self._reload(service))),
+        ]
         log.info("eventbusd %s ready on %s (strategy %s)", __version__, self.socket_path, settings.strategy)
+        self._notifier.send("READY=1", f"STATUS={status_line(service)}")
         try:
-            await stop.wait()
+            await signals.stop.wait()
+            self._notifier.send("STOPPING=1", f"STATUS={status_line(service)}")
+            await wind_down(service, self.settings.shutdown_grace_s, signals.stop_now)
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+            refused = service.refuse_waiters()
             broker.close()
-            snap = service.distributor.snapshot(time.time())
-            log.info(
-                "eventbusd stopped: %d tasks submitted, %d succeeded, %d failed, %d queued, %d bad frames",
-                snap["tasks_submitted"],
-                snap["tasks_succeeded"],
-                snap["tasks_failed"],
-                snap["tasks_queued"],
-                service.bad_frames,
-            )
+            self._notifier.close()
+            _final_report(service, refused)
 
-    async def _tick(self, service: Service, stop: asyncio.Event) -> None:
+    def _reload(self, service: Service) -> None:
+        if self._source is None:
+            log.warning("SIGHUP: no settings source to reload from")
+            return
+        settings = reload(self._source, service, time.time())
+        if settings is not None:
+            self.settings = settings
+
+    async def _tick(self, service: Service) -> None:
+        """Fire timers until cancelled (also while stopping: attempt timeouts still apply)."""
         interval = self.settings.tick_interval_s
-        while not stop.is_set():
+        while True:
             await asyncio.sleep(interval)
             try:
                 service.tick()
@@ -78,28 +106,42 @@ class Daemon:
                 log.exception("error while firing timers")
 
 
+def _final_report(service: Service, refused: int) -> None:
+    snap = service.distributor.snapshot(time.time())
+    log.info(
+        "eventbusd stopped: %d tasks submitted, %d succeeded, %d failed, %d queued, %d in flight abandoned, "
+        "%d waiting requests answered shutting_down, %d bad frames",
+        snap["tasks_submitted"],
+        snap["tasks_succeeded"],
+        snap["tasks_failed"],
+        snap["tasks_queued"],
+        snap["tasks_in_flight"],
+        refused,
+        service.bad_frames,
+    )
+    for line in report.log_lines(report.build(service.distributor, service.started_at, time.time())):
+        log.info("report: %s", line)
+
+
 def access_policy(settings: DaemonSettings) -> AccessPolicy:
     """Who the daemon serves: its own uid, root, and the allowed uids and groups of the settings."""
     return AccessPolicy.build(os.getuid(), settings.allowed_uids, settings.allowed_gids, settings.admin_uids)
 
 
-async def _serve(settings: DaemonSettings) -> None:
+async def _serve(settings: DaemonSettings, source: SettingsSource | None) -> None:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+    signals = Signals()
+    signals.install(loop)
     try:
-        await Daemon(settings).run(stop)
+        await Daemon(settings, source).run(signals)
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        signals.remove(loop)
 
 
-def run_daemon(settings: DaemonSettings) -> None:
-    """Run eventbusd in the foreground until SIGTERM or SIGINT."""
+def run_daemon(settings: DaemonSettings, source: SettingsSource | None = None) -> None:
+    """Run eventbusd in the foreground until SIGTERM or SIGINT; SIGHUP re-reads ``source``."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(settings))
+        runner.run(_serve(settings, source))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,7 +150,8 @@ def run_daemon(settings: DaemonSettings) -> None:
     "config_file",
     type=click.Path(path_type=Path),
     envvar="EVENTBUS_CONFIG",
-    help="TOML settings file (see config/eventbusd.toml) [env EVENTBUS_CONFIG]",
+    help="TOML settings file (see config/eventbusd.toml) [env EVENTBUS_CONFIG; "
+    "default /etc/eventbus/eventbusd.toml when it exists]",
 )
 @click_options(DaemonSettings)
 @click.version_option(__version__, prog_name="eventbusd")
@@ -118,10 +161,11 @@ def main(config_file: Path | None, **flags: Any) -> None:
     Example: eventbusd --socket /tmp/eb.sock --log-level debug
     """
     try:
-        settings = load_settings(DaemonSettings, config_file=config_file, flags=flags)
+        source = SettingsSource(config_file_in_effect(config_file), flags)
+        settings = source.load()
         setup_logging(settings.log_level, "eventbusd")
         fix_mmap_threshold()
-        run_daemon(settings)
+        run_daemon(settings, source)
     except ConfigError as exc:
         click.echo(f"eventbusd: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

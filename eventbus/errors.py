@@ -92,6 +92,12 @@ class RequestTimeout(EventBusError):
     code = "timeout"
 
 
+class ShuttingDown(EventBusError):
+    """The daemon is stopping: it takes no new submissions, and a task still unfinished when it stops is lost."""
+
+    code = "shutting_down"
+
+
 class ConfigError(EventBusError):
     """A setting is invalid, or the daemon cannot start with it."""
 
@@ -117,6 +123,7 @@ _BY_CODE: dict[str, type[EventBusError]] = {
         UnknownVerb,
         Forbidden,
         RequestTimeout,
+        ShuttingDown,
     )
 }
 
@@ -152,6 +159,7 @@ __all__ = [
     "ProtocolError",
     "QueueFull",
     "RequestTimeout",
+    "ShuttingDown",
     "SocketInUse",
     "TooDeep",
     "TooLarge",

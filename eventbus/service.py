@@ -31,8 +31,17 @@ from distributor import (
 )
 from distributor.strategies import STRATEGIES
 from eventbus import messages as m
+from eventbus import report
 from eventbus._version import __version__
-from eventbus.errors import EventBusError, Forbidden, InvalidRequest, ProtocolError, TooLarge, UnknownVerb
+from eventbus.errors import (
+    EventBusError,
+    Forbidden,
+    InvalidRequest,
+    ProtocolError,
+    ShuttingDown,
+    TooLarge,
+    UnknownVerb,
+)
 from eventbus.ownership import Ownership, same_process
 from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, task_page
@@ -79,6 +88,8 @@ class Service:
         #: credentials of the connection whose message is being handled
         self._sender = UNKNOWN
         self._waiters = Waiters(loop, self._answer)
+        #: set by :meth:`close`: the daemon is stopping and takes no new work
+        self.closing = False
         self._max = settings.max_message_size
         self._exact: dict[str, Handler] = {
             m.SUBMIT: self._submit,
@@ -92,6 +103,7 @@ class Service:
             m.STATUS: self._status,
             m.COLLECTORS: self._collectors,
             m.STATS: self._stats,
+            m.REPORT: report.handler(self.distributor, self.started_at, self._clock),
             m.SUBSCRIBE: self._subscribe,
             m.UNSUBSCRIBE: self._unsubscribe,
             m.REGISTER: self._register,
@@ -128,6 +140,8 @@ class Service:
             return
         try:
             self._authorize(peer, env)
+            if self.closing and env.topic in _CLOSED_VERBS:
+                raise ShuttingDown(f"the daemon is shutting down and takes no new work ({env.topic})")
             handler, arg = self._route(env.topic)
             body = handler(identity, env, arg)
         except EventBusError as exc:
@@ -235,6 +249,24 @@ class Service:
     def tick(self) -> None:
         """Fire due timers (timeouts, deadlines, retries, heartbeat checks)."""
         self.perform(self.distributor.tick(self._clock()))
+
+    def close(self) -> None:
+        """Stop taking submissions and registrations, and dispatching: every collector is drained.
+
+        Running attempts go on and report their results. Collectors are not told to leave:
+        they reconnect to the next daemon (under systemd their units stop with the daemon's).
+        """
+        self.closing = True
+        for cid in [c.collector_id for c in self.distributor.registry]:
+            self.perform(self.distributor.drain(cid, self._clock()))
+
+    def refuse_waiters(self) -> int:
+        """Answer every request still waiting on a task with ``shutting_down``; returns how many there were."""
+        taken = self._waiters.take_all()
+        for task_id, w in taken:
+            exc = ShuttingDown(f"the daemon stopped before task {task_id} finished: its fate is unknown")
+            self._reply_error(w.identity, Envelope(Kind.REQUEST, w.correlation_id, w.topic), exc)
+        return len(taken)
 
     def peer_gone(self, identity: bytes) -> None:
         """The transport reports a peer as unreachable: forget its subscriptions."""
@@ -443,6 +475,9 @@ class Service:
         self.perform(actions)
         return {"task_id": event.task_id}
 
+
+#: verbs refused with ``shutting_down`` once the daemon is stopping: they would start new work
+_CLOSED_VERBS = frozenset({m.SUBMIT, m.REGISTER})
 
 #: verbs only the daemon's uid, root and admin_uids may use (and strategy with a name)
 _ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP})

@@ -101,6 +101,12 @@ class DaemonSettings(_Settings):
         "besides the daemon's own and root",
     )
     tick_interval_s: float = Field(default=0.05, gt=0, le=5, description="timer resolution (timeouts, retries)")
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, how long running attempts may finish before the daemon stops anyway "
+        "(a second SIGTERM stops at once)",
+    )
 
     @field_validator("strategy")
     @classmethod

@@ -176,8 +176,16 @@ class SyncClient:
     def stats(self) -> dict[str, Any]:
         return self._call(rq.stats())
 
+    def report(self) -> dict[str, Any]:
+        """Completion-time percentiles per operation, collectors' utilization and success, errors by type."""
+        return self._call(rq.report())
+
     def collectors(self) -> list[CollectorInfo]:
         return self._call(rq.collectors())
+
+    def offers(self, operation: str) -> bool:
+        """Whether a live collector offers ``operation`` now (else its tasks wait in the queue)."""
+        return rq.offers(self.collectors(), operation)
 
     def strategy(self, name: str | None = None) -> str:
         """The routing strategy in use; with ``name``, switch to it first."""

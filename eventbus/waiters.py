@@ -54,6 +54,16 @@ class Waiters:
                 waiter.timer.cancel()
             self._answer(waiter, task_id)
 
+    def take_all(self) -> list[tuple[str, Waiter]]:
+        """Stop holding every waiting request and return them as ``(task_id, waiter)`` (the daemon is stopping)."""
+        taken = [(task_id, w) for task_id, waiting in self._by_task.items() for w in waiting]
+        self._by_task.clear()
+        self._count = 0
+        for _, waiter in taken:
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+        return taken
+
     def _expired(self, task_id: str, waiter: Waiter) -> None:
         waiting = self._by_task.get(task_id, [])
         if waiter in waiting:

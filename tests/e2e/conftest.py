@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,8 +54,12 @@ class Proc:
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit in ``timeout``."""
+    def stop(self, timeout: float = 10.0, *, again_after: float | None = None) -> int | None:
+        """SIGTERM (again after ``again_after`` s if given: eventbusd then stops at once), SIGKILL after ``timeout``."""
+        if self.popen.poll() is None and again_after is not None:
+            self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(again_after)
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -136,7 +141,8 @@ class Bus:
 
     def close(self) -> None:
         for proc in reversed(self.procs):
-            proc.stop()
+            # a daemon whose collectors were killed mid-task would wait out shutdown_grace_s
+            proc.stop(again_after=1.0 if Path(proc.argv[0]).name == "eventbusd" else None)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.log.name}\n{p.output()}" for p in self.procs)

@@ -123,9 +123,9 @@ def test_a_full_queue_rejects_submissions_with_exit_4(bare_bus: Bus) -> None:
     assert json.loads(out.stdout)["error"]["code"] == "queue_full"
 
 
-def test_bad_constraints_and_unknown_parents_are_rejected_with_exit_4(bus: Bus) -> None:
+def test_bad_constraints_are_usage_errors_and_unknown_parents_are_rejected_with_exit_4(bus: Bus) -> None:
     out = bus.ctl("submit", "solve", "--require", "skill>=lots")
-    assert out.returncode == 4 and "needs a number" in out.stderr
+    assert out.returncode == 2 and "needs a number" in out.stderr  # caught before sending
     out = bus.ctl("submit", "echo", "--after", "no-such-task")
     assert out.returncode == 4 and "unknown task" in out.stderr
     out = bus.ctl("strategy", "coin_flip")

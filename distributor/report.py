@@ -1,0 +1,76 @@
+"""What the operator's report needs and ``stats`` does not keep: outcomes per operation and per error type.
+
+Everything here is bounded: each operation keeps its most recent completion
+times only, and past :data:`MAX_KEYS` operations (or error types) the rest
+are counted under :data:`OTHER`, so a client inventing names cannot grow it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributor.models import TaskState
+from distributor.stats import percentiles
+
+#: completion times kept per operation (the most recent ones)
+SAMPLES_PER_OPERATION = 1_000
+#: operations and error types tracked by name; the rest share the :data:`OTHER` bucket
+MAX_KEYS = 1_000
+OTHER = "other"
+
+
+@dataclass(slots=True)
+class _Outcomes:
+    succeeded: int = 0
+    failed: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    completion_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_OPERATION))
+
+
+def _bucket(table: dict[str, Any] | Counter[str], key: str) -> str:
+    """``key`` itself while it is known or there is room for it, else :data:`OTHER`."""
+    return key if key in table or len(table) < MAX_KEYS - 1 else OTHER
+
+
+@dataclass(slots=True)
+class ReportBook:
+    """Final outcomes per operation and error counts per error type, bounded."""
+
+    _operations: dict[str, _Outcomes] = field(default_factory=dict)
+    _errors: Counter[str] = field(default_factory=Counter)
+
+    def finished(self, operation: str, state: TaskState, total_s: float, error_type: str | None) -> None:
+        """A task of ``operation`` became final ``state`` ``total_s`` after it was submitted."""
+        name = _bucket(self._operations, operation)
+        outcomes = self._operations.setdefault(name, _Outcomes())
+        if state is TaskState.SUCCEEDED:
+            outcomes.succeeded += 1
+            outcomes.completion_s.append(total_s)
+        elif state is TaskState.FAILED:
+            outcomes.failed += 1
+        elif state is TaskState.EXPIRED:
+            outcomes.expired += 1
+        elif state is TaskState.CANCELLED:
+            outcomes.cancelled += 1
+        if state is not TaskState.SUCCEEDED and error_type is not None:
+            self._errors[_bucket(self._errors, error_type)] += 1
+
+    def operations(self) -> dict[str, dict[str, Any]]:
+        """Per operation: final counts and completion-time percentiles (seconds, of succeeded tasks)."""
+        return {
+            name: {
+                "succeeded": o.succeeded,
+                "failed": o.failed,
+                "expired": o.expired,
+                "cancelled": o.cancelled,
+                "completion_s": percentiles(o.completion_s),
+            }
+            for name, o in sorted(self._operations.items())
+        }
+
+    def errors(self) -> dict[str, int]:
+        """Tasks that ended without success, by the type of their last error, most frequent first."""
+        return dict(self._errors.most_common())

@@ -1,0 +1,84 @@
+"""How eventbusctl shows records to a person (the ``--json`` output is the records themselves)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from distributor.models import TaskInfo
+
+
+def iso(at: float | None) -> str:
+    """Epoch seconds as local ISO 8601 time with milliseconds ("-" when unset)."""
+    return "-" if at is None else datetime.fromtimestamp(at).astimezone().isoformat(timespec="milliseconds")
+
+
+def duration(start: float | None, end: float | None) -> str:
+    return "-" if start is None or end is None else f"{max(0.0, end - start):.3f}s"
+
+
+def attempts(info: TaskInfo) -> str:
+    """How many attempts ran, e.g. ``after 3 retries`` or ``after 1 attempt``."""
+    if info.attempt == 0:
+        return "no attempt ran"
+    if info.retries:
+        return f"after {info.retries} {'retry' if info.retries == 1 else 'retries'}"
+    return f"after {info.attempt} {'attempt' if info.attempt == 1 else 'attempts'}"
+
+
+def task_text(info: TaskInfo) -> str:
+    """A task as aligned fields: state, attempts, times and durations, then its error or result."""
+    retries = f" ({info.retries} {'retry' if info.retries == 1 else 'retries'})" if info.retries else ""
+    rows = [
+        ("task", info.task_id),
+        ("operation", info.operation),
+        ("state", info.state.value),
+        ("priority", str(info.priority)),
+        ("attempts", f"{info.attempt}{retries}"),
+        ("collector", info.collector_id or "-"),
+        ("created", iso(info.created_at)),
+        ("queued", iso(info.queued_at)),
+        ("dispatched", iso(info.dispatched_at)),
+        ("finished", iso(info.finished_at)),
+        ("queue wait", duration(info.queued_at, info.dispatched_at)),
+        ("run time", duration(info.dispatched_at, info.finished_at)),
+        ("total", duration(info.created_at, info.finished_at)),
+    ]
+    if info.constraints:
+        rows.append(("requires", ", ".join(info.constraints)))
+    if info.depends_on:
+        rows.append(("after", ", ".join(info.depends_on)))
+    if info.error is not None:
+        rows.append(("error", f"{info.error.type}: {info.error.message}"))
+    lines = [f"{key:11} {value}" for key, value in rows]
+    if info.result is not None and info.result.success:
+        value = "(left out: too large for one reply)" if info.truncated else _pretty(info.result.value)
+        lines.append("result")
+        lines.extend(f"  {line}" for line in value.splitlines())
+    return "\n".join(lines)
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=repr)
+
+
+def _percentiles(value: dict[str, Any]) -> str:
+    return "  ".join(f"{q}={'-' if value[q] is None else format(value[q], '.3f') + 's'}" for q in ("p50", "p95", "p99"))
+
+
+def stats_text(data: dict[str, Any]) -> str:
+    """``stats`` as a table: counters and gauges first, then each per-name table and the latencies."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    width = max((len(k) for k in data), default=0)
+    lines = [f"{key:{width}}  {value}" for key, value in sorted(scalars.items())]
+    for key, value in sorted(data.items()):
+        if not isinstance(value, dict):
+            continue
+        if set(value) == {"p50", "p95", "p99"}:
+            lines.append(f"{key:{width}}  {_percentiles(value)}")
+            continue
+        lines.append(f"{key}:" if value else f"{key:{width}}  -")
+        inner = max((len(str(k)) for k in value), default=0)
+        lines.extend(f"  {name:{inner}}  {count}" for name, count in sorted(value.items()))
+    return "\n".join(lines)
