@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributor.models import TaskState
-from distributor.stats import percentiles
+from distributor.stats import final_counts, percentiles
 
 #: completion times kept per operation (the most recent ones)
 SAMPLES_PER_OPERATION = 1_000
@@ -23,10 +23,7 @@ OTHER = "other"
 
 @dataclass(slots=True)
 class _Outcomes:
-    succeeded: int = 0
-    failed: int = 0
-    expired: int = 0
-    cancelled: int = 0
+    finals: Counter[TaskState] = field(default_factory=Counter)
     completion_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_OPERATION))
 
 
@@ -46,28 +43,16 @@ class ReportBook:
         """A task of ``operation`` became final ``state`` ``total_s`` after it was submitted."""
         name = _bucket(self._operations, operation)
         outcomes = self._operations.setdefault(name, _Outcomes())
+        outcomes.finals[state] += 1
         if state is TaskState.SUCCEEDED:
-            outcomes.succeeded += 1
             outcomes.completion_s.append(total_s)
-        elif state is TaskState.FAILED:
-            outcomes.failed += 1
-        elif state is TaskState.EXPIRED:
-            outcomes.expired += 1
-        elif state is TaskState.CANCELLED:
-            outcomes.cancelled += 1
         if state is not TaskState.SUCCEEDED and error_type is not None:
             self._errors[_bucket(self._errors, error_type)] += 1
 
     def operations(self) -> dict[str, dict[str, Any]]:
         """Per operation: final counts and completion-time percentiles (seconds, of succeeded tasks)."""
         return {
-            name: {
-                "succeeded": o.succeeded,
-                "failed": o.failed,
-                "expired": o.expired,
-                "cancelled": o.cancelled,
-                "completion_s": percentiles(o.completion_s),
-            }
+            name: {**final_counts(o.finals), "completion_s": percentiles(o.completion_s)}
             for name, o in sorted(self._operations.items())
         }
 

@@ -21,16 +21,28 @@ def percentiles(samples: deque[float]) -> dict[str, float | None]:
     return {f"p{q}": ordered[min(last, round(last * q / 100))] for q in (50, 95, 99)}
 
 
+#: the final states, as the keys that count them
+FINAL_KEYS = {
+    TaskState.SUCCEEDED: "succeeded",
+    TaskState.FAILED: "failed",
+    TaskState.EXPIRED: "expired",
+    TaskState.CANCELLED: "cancelled",
+}
+
+
+def final_counts(finals: Counter[TaskState], prefix: str = "") -> dict[str, int]:
+    """How many tasks ended in each final state, keyed ``<prefix>succeeded`` and so on."""
+    return {prefix + key: finals[state] for state, key in FINAL_KEYS.items()}
+
+
 @dataclass(slots=True)
 class Stats:
     """What the distributor has done since it started."""
 
     tasks_submitted: int = 0
     tasks_distributed: int = 0
-    tasks_succeeded: int = 0
-    tasks_failed: int = 0
-    tasks_expired: int = 0
-    tasks_cancelled: int = 0
+    #: tasks that ended, by final state
+    finals: Counter[TaskState] = field(default_factory=Counter)
     tasks_retried: int = 0
     tasks_redelivered: int = 0
     attempts_timed_out: int = 0
@@ -45,24 +57,15 @@ class Stats:
         self.queue_wait_s.append(waited_s)
 
     def finished(self, state: TaskState, total_s: float) -> None:
+        self.finals[state] += 1
         if state is TaskState.SUCCEEDED:
-            self.tasks_succeeded += 1
             self.end_to_end_s.append(total_s)
-        elif state is TaskState.FAILED:
-            self.tasks_failed += 1
-        elif state is TaskState.EXPIRED:
-            self.tasks_expired += 1
-        elif state is TaskState.CANCELLED:
-            self.tasks_cancelled += 1
 
     def snapshot(self, **gauges: Any) -> dict[str, Any]:
         return {
             "tasks_submitted": self.tasks_submitted,
             "tasks_distributed": self.tasks_distributed,
-            "tasks_succeeded": self.tasks_succeeded,
-            "tasks_failed": self.tasks_failed,
-            "tasks_expired": self.tasks_expired,
-            "tasks_cancelled": self.tasks_cancelled,
+            **final_counts(self.finals, "tasks_"),
             "tasks_retried": self.tasks_retried,
             "tasks_redelivered": self.tasks_redelivered,
             "attempts_timed_out": self.attempts_timed_out,
