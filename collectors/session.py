@@ -20,6 +20,7 @@ from eventbus.errors import (
     EventBusError,
     Forbidden,
     RequestTimeout,
+    ShuttingDown,
     UnknownCollector,
     UnknownVerb,
 )
@@ -129,7 +130,8 @@ class Session:
             try:
                 await self._register()
                 return True
-            except (RequestTimeout, DaemonUnreachable) as exc:  # a reset connection is taken back when it returns
+            # a reset connection is taken back when it returns; a stopping daemon is followed by the next
+            except (RequestTimeout, DaemonUnreachable, ShuttingDown) as exc:
                 log.warning("collector_id=%s: registration not answered: %s; retrying", self.collector_id, exc)
             except Forbidden as exc:
                 # another process won the id between our check and our register: let go of

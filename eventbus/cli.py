@@ -159,7 +159,7 @@ def submit(
         )
         if not wait:
             return tid
-        if not client.offers(operation):
+        if not _offered(client, operation):
             click.echo(
                 f"eventbusctl: no live collector offers {operation!r}: task {tid} stays queued until one does "
                 "(still waiting; --wait-timeout N gives up after N seconds)",
@@ -172,6 +172,14 @@ def submit(
         _print_final(ctx, out)
     else:
         _emit(ctx, {"task_id": out}, lambda: click.echo(out))
+
+
+def _offered(client: SyncClient, operation: str) -> bool:
+    """Whether a live collector offers ``operation``; True when that cannot be told (the hint is skipped)."""
+    try:
+        return client.offers(operation)
+    except EventBusError:
+        return True
 
 
 def _print_final(ctx: _Ctx, info: TaskInfo) -> None:

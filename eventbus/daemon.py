@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -80,8 +79,12 @@ class Daemon:
         finally:
             for helper in helpers:
                 helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await helper
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a crashed helper must not skip the cleanup below
+                    log.exception("a background task of the daemon failed")
             refused = service.refuse_waiters()
             broker.close()
             self._notifier.close()

@@ -18,8 +18,8 @@ _BY_CODE = {
     "unreachable": EXIT_UNREACHABLE,
     "connection_reset": EXIT_UNREACHABLE,
     "daemon_restarted": EXIT_UNREACHABLE,
-    # a stopping daemon is one about to be unreachable, not a refusal of the request: the same
-    # request succeeds once the daemon is back, so scripts that retry on 3 should retry this too
+    # a stopping daemon is one about to be unreachable, not a refusal of the request: a refused
+    # submit succeeds once the daemon is back (a wait cut short cannot be resumed: fate unknown)
     "shutting_down": EXIT_UNREACHABLE,
     "timeout": EXIT_TIMEOUT,
     "config": EXIT_USAGE,

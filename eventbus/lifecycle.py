@@ -74,7 +74,10 @@ async def keep_manager_informed(notifier: Notifier, service: Service, watchdog_s
     while True:
         fields = ["WATCHDOG=1"] if watchdog_s is not None else []
         if time.monotonic() >= next_status:
-            fields.append(f"STATUS={status_line(service)}")
+            try:
+                fields.append(f"STATUS={status_line(service)}")
+            except Exception:  # a bad status line must not stop the watchdog pings
+                log.exception("cannot build the status line")
             next_status = time.monotonic() + STATUS_EVERY_S
         if fields:
             notifier.send(*fields)
@@ -86,6 +89,9 @@ async def on_reload(signals: Signals, notifier: Notifier, service: Service, relo
     while True:
         await signals.reload.wait()
         signals.reload.clear()
+        if signals.stop.is_set():  # stopping: systemd must not see READY=1 after STOPPING=1
+            log.warning("SIGHUP while stopping: not reloading")
+            continue
         notifier.reloading()
         try:
             reload()

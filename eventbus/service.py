@@ -348,6 +348,7 @@ class Service:
         snap.update(self._transport_counters())
         snap["messages_undelivered"] = self.undelivered
         snap["subscribers"] = len(self.subscriptions)
+        snap["waiting_requests"] = len(self._waiters)
         return snap
 
     def _subscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
@@ -477,7 +478,7 @@ class Service:
 
 
 #: verbs refused with ``shutting_down`` once the daemon is stopping: they would start new work
-_CLOSED_VERBS = frozenset({m.SUBMIT, m.REGISTER})
+_CLOSED_VERBS = frozenset({m.SUBMIT, m.REGISTER, m.ADMIN_UNDRAIN})
 
 #: verbs only the daemon's uid, root and admin_uids may use (and strategy with a name)
 _ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP})

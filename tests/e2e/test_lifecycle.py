@@ -105,6 +105,11 @@ def running(bus: Bus, count: int = 1) -> bool:
         return bool(c.status()["tasks_in_flight"] == count)
 
 
+def waiting(bus: Bus) -> bool:
+    with bus.client() as c:
+        return int(c.stats()["waiting_requests"]) >= 1
+
+
 def waiting_submit(bus: Bus, seconds: float) -> subprocess.Popen[str]:
     argv = [command("eventbusctl"), "--json", "submit", "sleep", "--payload", json.dumps({"seconds": seconds})]
     return subprocess.Popen([*argv, "--wait"], env=bus.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -122,11 +127,10 @@ def test_sigterm_lets_the_running_task_finish_answers_the_waiting_client_and_exi
     out, err = client.communicate(timeout=10)
     assert client.returncode == 0, err
     assert json.loads(out)["state"] == "succeeded"
-    # the task's 2 s, well short of the 30 s grace (bounds loose: machines here are noisy)
-    assert 1.5 < elapsed < 20, elapsed
+    assert elapsed < 20, elapsed  # about the task's 2 s, not the 30 s grace (loose: machines here are noisy)
     print(f"SIGTERM to exit with a running 2 s task: {elapsed:.2f}s")
     assert collector.popen.poll() is None  # collectors outlive the daemon and register with the next one
-    assert "in flight abandoned" in daemon.output()
+    assert "0 in flight abandoned" in daemon.output()
 
 
 def test_sigterm_with_no_work_exits_0_at_once_with_a_final_report(bare_bus: Bus) -> None:
@@ -146,13 +150,14 @@ def test_a_submission_during_the_grace_period_is_refused_shutting_down(bare_bus:
     daemon = bare_bus.start_daemon()
     bare_bus.start_collector("c1")
     with bare_bus.client() as c:
-        c.submit("sleep", {"seconds": 3})
+        c.submit("sleep", {"seconds": 30})  # still running whenever the refused submission arrives
     wait_until(lambda: running(bare_bus), 10, "the task to run")
     daemon.signal(signal.SIGTERM)
-    wait_until(lambda: "stopping (running attempts may finish" in daemon.output(), 5, "the stop to begin")
+    wait_until(lambda: "stopping (running attempts may finish" in daemon.output(), 10, "the stop to begin")
     refused = bare_bus.ctl("--json", "submit", "echo")
     assert refused.returncode == 3, refused
     assert json.loads(refused.stdout)["error"]["code"] == "shutting_down"
+    daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
 
 
@@ -160,7 +165,7 @@ def test_a_waiting_client_gets_shutting_down_when_the_grace_period_ends_first(ba
     daemon = bare_bus.start_daemon("--shutdown-grace-s", "0.5")
     bare_bus.start_collector("c1")
     client = waiting_submit(bare_bus, 30)
-    wait_until(lambda: running(bare_bus), 10, "the task to run")
+    wait_until(lambda: running(bare_bus) and waiting(bare_bus), 10, "the task to run and its client to wait")
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(10) == 0

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from eventbus.cli import main
 from tests.e2e.conftest import Bus, command, wait_until
 
+pytestmark = pytest.mark.e2e
+
 
 def _json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, result.stderr
