@@ -19,7 +19,16 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from distributor.errors import UnknownTask
-from eventbus.errors import ConnectionReset, DaemonRestarted, DaemonUnreachable, EventBusError, Forbidden
+from distributor.models import TaskInfo
+from eventbus._requests import wait_chunk
+from eventbus.errors import (
+    ConnectionReset,
+    DaemonRestarted,
+    DaemonUnreachable,
+    EventBusError,
+    Forbidden,
+    RequestTimeout,
+)
 
 #: the only events the clients act on (no reconnect-attempt noise)
 MONITORED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -125,6 +134,46 @@ def lost_task(exc: EventBusError, path: Path, task_id: str) -> EventBusError:
     return exc
 
 
+class TaskWait:
+    """What waiting for a task decides, for both clients (they only send the requests).
+
+    Each round: if the connection was reset, wait up to :meth:`relink_within` for it to be
+    taken back; ask ``control.task.get`` with :meth:`chunk`; hand the answer to :meth:`got`
+    (the final info, or None to ask again) or the error to :meth:`failed`.
+    """
+
+    def __init__(self, path: Path, task_id: str, timeout: float | None, now: float, grace: float) -> None:
+        self.path, self.task_id, self.timeout, self.grace = path, task_id, timeout, grace
+        self.deadline = None if timeout is None else now + timeout
+        self.reset = False
+
+    def relink_within(self, now: float) -> float | None:
+        """How long to wait for the connection first (None: it was not reset)."""
+        # the answer went with the connection: ask again once a daemon is back
+        return reconnect_bound(self.grace, self.deadline, now) if self.reset else None
+
+    def chunk(self, now: float) -> float:
+        return wait_chunk(self.deadline, now)
+
+    def failed(self, exc: EventBusError) -> None:
+        """A round failed: returns to ask again after a reset, else raises what the wait raises."""
+        if isinstance(exc, ConnectionReset):
+            self.reset = True
+            return
+        if not self.reset:
+            raise exc
+        raise lost_task(exc, self.path, self.task_id) from exc
+
+    def got(self, info: TaskInfo, now: float) -> TaskInfo | None:
+        """The final info, or None to ask again; :class:`RequestTimeout` past the deadline."""
+        self.reset = False
+        if info.state.terminal:
+            return info
+        if self.deadline is not None and now >= self.deadline:
+            raise RequestTimeout(f"task {self.task_id} is still {info.state.value} after {self.timeout:g}s")
+        return None
+
+
 def reconnect_bound(grace: float, deadline: float | None, now: float) -> float:
     """How long a wait gives the daemon to come back: ``grace``, but never past the wait's own deadline."""
     return grace if deadline is None else max(0.0, min(grace, deadline - now))
@@ -134,6 +183,7 @@ __all__ = [
     "MONITORED_EVENTS",
     "UNKNOWN_OUTCOME",
     "SyncLink",
+    "TaskWait",
     "link_event",
     "lost_task",
     "not_back",

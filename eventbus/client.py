@@ -25,10 +25,9 @@ from eventbus import messages as m
 from eventbus._link import (
     MONITORED_EVENTS,
     UNKNOWN_OUTCOME,
+    TaskWait,
     link_event,
-    lost_task,
     not_back,
-    reconnect_bound,
     reset_error,
 )
 from eventbus._requests import WAIT_CHUNK_S, list_body, submit_body
@@ -288,25 +287,19 @@ class Client:
         :class:`DaemonUnreachable` (the task's fate is unknown).
         """
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        reset = False
+        w = TaskWait(self.path, task_id, timeout, loop.time(), self.reconnect_grace)
         while True:
             try:
-                if reset:  # the answer went with the connection: ask again once a daemon is back
-                    await self._ensure_link(reconnect_bound(self.reconnect_grace, deadline, loop.time()))
-                info = await self.get(task_id, wait_s=rq.wait_chunk(deadline, loop.time()))
-            except ConnectionReset:
-                reset = True
-                continue
+                within = w.relink_within(loop.time())
+                if within is not None:
+                    await self._ensure_link(within)
+                info = await self.get(task_id, wait_s=w.chunk(loop.time()))
             except EventBusError as exc:
-                if not reset:
-                    raise
-                raise lost_task(exc, self.path, task_id) from exc
-            reset = False
-            if info.state.terminal:
-                return info
-            if deadline is not None and loop.time() >= deadline:
-                raise RequestTimeout(f"task {task_id} is still {info.state.value} after {timeout:g}s")
+                w.failed(exc)
+                continue
+            final = w.got(info, loop.time())
+            if final is not None:
+                return final
 
     async def cancel(self, task_id: str) -> TaskInfo:
         return await self._call(rq.cancel(task_id))

@@ -17,9 +17,9 @@ import zmq
 from distributor.models import CollectorInfo, TaskInfo
 from eventbus import _requests as rq
 from eventbus import messages as m
-from eventbus._link import UNKNOWN_OUTCOME, SyncLink, lost_task, not_back, reconnect_bound, reset_error
+from eventbus._link import UNKNOWN_OUTCOME, SyncLink, TaskWait, not_back, reset_error
 from eventbus._transport import RECONNECT_GRACE_S, Ids, dealer, probe
-from eventbus.errors import ConnectionReset, EventBusError, RequestTimeout
+from eventbus.errors import EventBusError, RequestTimeout
 from eventbus.paths import resolve_socket_path
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE, DEPTH_HEADROOM, MAX_DEPTH, Envelope, Kind, decode, encode
 
@@ -128,25 +128,19 @@ class SyncClient:
         :class:`DaemonRestarted` if the new daemon does not know it, :class:`DaemonUnreachable` if
         none came back within ``reconnect_grace`` (and never later than ``timeout``).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        reset = False
+        w = TaskWait(self.path, task_id, timeout, time.monotonic(), self.reconnect_grace)
         while True:
             try:
-                if reset:  # the answer went with the connection: ask again once a daemon is back
-                    self._ensure_link(reconnect_bound(self.reconnect_grace, deadline, time.monotonic()))
-                info = self.get(task_id, wait_s=rq.wait_chunk(deadline, time.monotonic()))
-            except ConnectionReset:
-                reset = True
-                continue
+                within = w.relink_within(time.monotonic())
+                if within is not None:
+                    self._ensure_link(within)
+                info = self.get(task_id, wait_s=w.chunk(time.monotonic()))
             except EventBusError as exc:
-                if not reset:
-                    raise
-                raise lost_task(exc, self.path, task_id) from exc
-            reset = False
-            if info.state.terminal:
-                return info
-            if deadline is not None and time.monotonic() >= deadline:
-                raise RequestTimeout(f"task {task_id} is still {info.state.value} after {timeout:g}s")
+                w.failed(exc)
+                continue
+            final = w.got(info, time.monotonic())
+            if final is not None:
+                return final
 
     def cancel(self, task_id: str) -> TaskInfo:
         return self._call(rq.cancel(task_id))
