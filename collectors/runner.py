@@ -23,7 +23,7 @@ from collectors.runtime import CollectorRuntime
 from collectors.sdk import Collector
 from collectors.supervisor import Supervisor
 from distributor.models import AttrValue
-from eventbus.clitypes import FiniteFloatRange
+from eventbus.clitypes import FiniteFloatRange, run_command
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE, exit_code_for
 from eventbus.logs import setup_logging
@@ -244,3 +244,8 @@ def list_collectors() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_cli() -> None:
+    """Console entry point of eventbus-collector: usage errors are one line, exit 2."""
+    run_command(main, "eventbus-collector")

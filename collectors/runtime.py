@@ -173,6 +173,14 @@ class CollectorRuntime:
         elif topic.startswith(m.CANCEL_PREFIX + "."):
             self._cancel(body)
         elif topic in (m.SHUTDOWN, f"{m.SHUTDOWN}.{self.collector_id}") and self._stop is not None:
+            if body.get("daemon_stopping") is True:
+                log.info(
+                    "collector_id=%s: eventbusd is stopping; %d running tasks finish and report, then this "
+                    "collector waits for eventbusd to be back and registers again",
+                    self.collector_id,
+                    len(self._running),
+                )
+                return
             log.info("collector_id=%s: shutdown requested by the daemon", self.collector_id)
             self._stop.set()
 

@@ -232,6 +232,7 @@ class TaskDistributor(TaskMachine):
             return self._drain()
         state = self.registry.get(result.collector_id)
         state.total_execution_s += result.execution_time_s
+        self.timings.ran(task.request.operation, now - (task.dispatched_at or now))
         task.result_size = size
         if result.success:
             state.tasks_completed += 1

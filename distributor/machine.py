@@ -26,6 +26,7 @@ from distributor.stats import Stats
 from distributor.strategies import LeastLoaded, RoutingStrategy
 from distributor.tasks import TaskRecord
 from distributor.timers import TimerHeap, TimerKind
+from distributor.timings import Timings
 
 #: bytes a kept task id or constraint string costs in a finished record (string, list slot)
 _KEPT_PER_ITEM = 256
@@ -57,6 +58,7 @@ class TaskMachine:
         self.queue = TaskQueue(self.config.max_queue_size)
         self.stats = Stats()
         self.report = ReportBook()
+        self.timings = Timings()
         self._new_task_id = new_task_id
         self._tasks: dict[str, TaskRecord] = {}
         self._listing = TaskListing(self._tasks)
@@ -180,7 +182,9 @@ class TaskMachine:
         request = task.request
         timeout_at = now + request.timeout_ms / 1000.0
         self._timers.add(timeout_at, TimerKind.ATTEMPT_TIMEOUT, task.task_id, task.serial, task.attempt)
-        self.stats.dispatched(request.operation, now - (task.queued_at or now))
+        waited = now - (task.queued_at or now)
+        self.stats.dispatched(request.operation, waited)
+        self.timings.dispatched(request.operation, waited)
         collector_type = state.capability.collector_type
         self._actions.append(Dispatch(state.collector_id, collector_type, request, task.attempt, request.deadline))
         self._task_event(task)
@@ -342,10 +346,12 @@ class TaskMachine:
         task.finished_at = self._now
         self._hold(task, -task.size)
         task.size = 0
-        self.stats.finished(state, self._now - task.created_at)
-        self.report.finished(
-            task.request.operation, state, self._now - task.created_at, task.error.type if task.error else None
-        )
+        total = self._now - task.created_at
+        self.stats.finished(state, total)
+        operation = task.request.operation
+        self.report.finished(operation, state, total, task.error.type if task.error else None)
+        if state is TaskState.SUCCEEDED:
+            self.timings.succeeded(operation, total)
         self._task_event(task)
         self._actions.append(Finished(task.task_id))
         # payload and metadata are not part of the task's public view: only the result is worth keeping

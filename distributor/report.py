@@ -27,7 +27,7 @@ class _Outcomes:
     completion_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_OPERATION))
 
 
-def _bucket(table: dict[str, Any] | Counter[str], key: str) -> str:
+def bounded_key(table: dict[str, Any] | Counter[str], key: str) -> str:
     """``key`` itself while it is known or there is room for it, else :data:`OTHER`."""
     return key if key in table or len(table) < MAX_KEYS - 1 else OTHER
 
@@ -41,13 +41,13 @@ class ReportBook:
 
     def finished(self, operation: str, state: TaskState, total_s: float, error_type: str | None) -> None:
         """A task of ``operation`` became final ``state`` ``total_s`` after it was submitted."""
-        name = _bucket(self._operations, operation)
+        name = bounded_key(self._operations, operation)
         outcomes = self._operations.setdefault(name, _Outcomes())
         outcomes.finals[state] += 1
         if state is TaskState.SUCCEEDED:
             outcomes.completion_s.append(total_s)
         if state is not TaskState.SUCCEEDED and error_type is not None:
-            self._errors[_bucket(self._errors, error_type)] += 1
+            self._errors[bounded_key(self._errors, error_type)] += 1
 
     def operations(self) -> dict[str, dict[str, Any]]:
         """Per operation: final counts and completion-time percentiles (seconds, of succeeded tasks)."""

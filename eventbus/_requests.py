@@ -139,6 +139,15 @@ def report() -> Call[dict[str, Any]]:
     return Call(m.REPORT, {}, _as_is)
 
 
+def _text(reply: dict[str, Any]) -> str:
+    return str(reply["text"])
+
+
+def metrics() -> Call[str]:
+    """The daemon's metrics in the Prometheus text exposition format."""
+    return Call(m.METRICS, {}, _text)
+
+
 def collectors() -> Call[list[CollectorInfo]]:
     return Call(m.COLLECTORS, {}, _collectors)
 

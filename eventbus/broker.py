@@ -240,6 +240,10 @@ class Broker:
             "messages_dropped": self.dropped,
         }
 
+    def pending(self) -> tuple[int, int]:
+        """``(bytes, peers)``: bytes queued here for peers whose pipe is full, and how many such peers."""
+        return sum(self._queued_bytes.values()), len(self._queues)
+
     def _recheck(self) -> None:
         """Schedule a read if frames wait: any send or receive may have consumed the FD's edge."""
         sock = self._sock

@@ -15,10 +15,10 @@ from distributor.models import CollectorInfo, TaskInfo, TaskState
 from eventbus import cliformat
 from eventbus import report as report_format
 from eventbus.client import SyncClient
-from eventbus.clitypes import FiniteFloatRange, SocketHelpGroup, check_constraints, payload_value
+from eventbus.clitypes import FiniteFloatRange, SocketHelpGroup, check_constraints, payload_value, run_command
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
-from eventbus.messages import TaskPage
+from eventbus.messages import SUBSCRIPTION_DROPPED, TaskPage
 from eventbus.settings import ClientSettings, click_options, load_settings
 
 
@@ -88,20 +88,7 @@ def main(click_ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
 
 def run() -> None:
     """Console entry point: usage errors become one line (and a JSON object with --json), exit 2."""
-    try:
-        main.main(standalone_mode=False)
-    except click.UsageError as exc:
-        message = exc.format_message()
-        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        click.echo(f"eventbusctl: error: {message}{hint}", err=True)
-        if "--json" in sys.argv[1:]:
-            click.echo(json.dumps({"error": {"code": "usage", "message": message}}))
-        sys.exit(EXIT_USAGE)
-    except click.Abort:
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(EXIT_OK)
+    run_command(main, "eventbusctl", json_errors=True)
 
 
 @main.command()
@@ -190,12 +177,15 @@ def _print_final(ctx: _Ctx, info: TaskInfo) -> None:
     elif ok:
         click.echo(json.dumps(info.result.value if info.result else None, default=repr))
     if not ok:
-        err = info.error
-        reason = f"{err.type}: {err.message}" if err else "no error recorded"
-        click.echo(
-            f"eventbusctl: task {info.task_id} {info.state.value}: {reason} ({cliformat.attempts(info)})", err=True
-        )
-        sys.exit(EXIT_TASK_FAILED)
+        _exit_unsuccessful(info)
+
+
+def _exit_unsuccessful(info: TaskInfo) -> NoReturn:
+    """One line on stderr saying why the task did not succeed, then exit 1."""
+    err = info.error
+    reason = f"{err.type}: {err.message}" if err else "no error recorded"
+    click.echo(f"eventbusctl: task {info.task_id} {info.state.value}: {reason} ({cliformat.attempts(info)})", err=True)
+    sys.exit(EXIT_TASK_FAILED)
 
 
 @main.command()
@@ -212,7 +202,7 @@ def task(ctx: _Ctx, task_id: str) -> None:
     else:
         click.echo(cliformat.task_text(info))
     if info.state in (TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED):
-        sys.exit(EXIT_TASK_FAILED)
+        _exit_unsuccessful(info)
 
 
 @main.command()
@@ -380,23 +370,46 @@ def report(ctx: _Ctx) -> None:
 
 
 @main.command()
+@click.pass_obj
+def metrics(ctx: _Ctx) -> None:
+    """The daemon's metrics in the Prometheus text format (as served on metrics_listen).
+
+    Example: eventbusctl metrics | grep '^eventbus_tasks_'
+    """
+    text: str = _run(ctx, lambda c: c.metrics())
+    _emit(ctx, {"text": text}, lambda: click.echo(text, nl=False))
+
+
+@main.command()
 @click.argument("patterns", nargs=-1)
 @click.option("--count", type=click.IntRange(min=1), default=None, help="exit after N events")
 @click.pass_obj
 def watch(ctx: _Ctx, patterns: tuple[str, ...], count: int | None) -> None:
     """Stream events matching PATTERNS (default events.#) until interrupted.
 
+    A watcher that falls behind is told on stderr how many events it lost (with --json, also as a
+    control.subscription.dropped line in the stream, where the gap is).
+
     Example: eventbusctl watch 'events.task.+.sleep' --count 10
     """
 
     def call(client: SyncClient) -> None:
         client.subscribe(*(patterns or ("events.#",)))
-        for seen, (topic, body) in enumerate(client.events(), start=1):
+        seen = 0
+        for topic, body in client.events():
             if ctx.json:
                 click.echo(json.dumps({"topic": topic, "body": body}, default=str))
-            else:
+            if topic == SUBSCRIPTION_DROPPED:
+                click.echo(
+                    f"eventbusctl: dropped {body.get('dropped')} events: this watcher fell behind "
+                    "and the daemon's buffer for it was full",
+                    err=True,
+                )
+                continue
+            if not ctx.json:
                 detail = " ".join(f"{k}={v}" for k, v in body.items() if k not in ("at",))
                 click.echo(f"{time.strftime('%H:%M:%S')} {topic} {detail}")
+            seen += 1
             if count is not None and seen >= count:
                 return
 

@@ -224,7 +224,7 @@ class Client:
                 failed.set_exception(exc)
             return
         if env.kind is Kind.PUBLISH:
-            if self._on_publish is not None:
+            if self._on_publish is not None and env.topic != m.SUBSCRIPTION_PING:
                 try:
                     self._on_publish(env.topic, env.body)
                 except Exception:  # a handler bug must not stop replies from arriving
@@ -332,6 +332,10 @@ class Client:
     async def report(self) -> dict[str, Any]:
         """Completion-time percentiles per operation, collectors' utilization and success, errors by type."""
         return await self._call(rq.report())
+
+    async def metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format (:class:`MetricsUnavailable` without the extra)."""
+        return await self._call(rq.metrics())
 
     async def collectors(self) -> list[CollectorInfo]:
         return await self._call(rq.collectors())

@@ -14,6 +14,7 @@ import click
 from distributor.constraints import parse_constraint
 from distributor.errors import InvalidRequest
 from eventbus.errors import EventBusError
+from eventbus.exitcodes import EXIT_OK, EXIT_USAGE
 from eventbus.paths import resolve_socket_path
 from eventbus.settings import ClientSettings, load_settings
 from eventbus.wire import MAX_PAYLOAD_DEPTH, depth
@@ -113,3 +114,27 @@ class SocketHelpGroup(click.Group):
             where = f"none ({exc.message})"
         formatter.write_paragraph()
         formatter.write_text(f"Socket in effect: {where}")
+
+
+def run_command(command: click.Command, prog: str, *, json_errors: bool = False) -> NoReturn:
+    """Run a console command; a usage error is one line on stderr (and a JSON object with --json), exit 2.
+
+    click's own block (Usage, Try, Error) is three lines; every eventbus command prints one.
+    """
+    try:
+        command.main(prog_name=prog, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())  # a bare command: its help
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        message = exc.format_message()
+        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"{prog}: error: {message}{hint}", err=True)
+        if json_errors and "--json" in sys.argv[1:]:
+            click.echo(json.dumps({"error": {"code": "usage", "message": message}}))
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(EXIT_OK)

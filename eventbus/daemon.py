@@ -17,15 +17,17 @@ import uvloop
 from eventbus import report
 from eventbus._version import __version__
 from eventbus.broker import Broker
+from eventbus.clitypes import run_command
 from eventbus.errors import ConfigError, EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE
 from eventbus.lifecycle import Signals, keep_manager_informed, on_reload, status_line, wind_down
 from eventbus.logs import setup_logging
 from eventbus.memory import fix_mmap_threshold
+from eventbus.metrics_http import MetricsServer, serve_metrics
 from eventbus.notify import Notifier, watchdog_interval
 from eventbus.paths import resolve_socket_path
 from eventbus.peers import AccessPolicy
-from eventbus.reload import SettingsSource, config_file_in_effect, reload
+from eventbus.reload import SettingsSource, reload
 from eventbus.service import Service
 from eventbus.settings import DaemonSettings, click_options
 
@@ -63,8 +65,22 @@ class Daemon:
             max_pending_bytes_per_peer=settings.max_pending_bytes_per_peer,
             policy=policy,
         )
-        service = Service(settings, broker.send, loop=loop, policy=policy, transport_counters=broker.counters)
+        service = Service(
+            settings,
+            broker.send,
+            loop=loop,
+            policy=policy,
+            transport_counters=broker.counters,
+            transport_pending=broker.pending,
+        )
         broker.start(loop, service.on_message, service.peer_gone)
+        metrics: MetricsServer | None = None
+        if settings.metrics_listen is not None:
+            try:
+                metrics = await serve_metrics(settings.metrics_listen, service)
+            except BaseException:
+                broker.close()
+                raise
         helpers = [
             loop.create_task(self._tick(service)),
             loop.create_task(keep_manager_informed(self._notifier, service, self._watchdog_s)),
@@ -85,6 +101,8 @@ class Daemon:
                     pass
                 except Exception:  # a crashed helper must not skip the cleanup below
                     log.exception("a background task of the daemon failed")
+            if metrics is not None:
+                await metrics.close()
             refused = service.refuse_waiters()
             broker.close()
             self._notifier.close()
@@ -123,7 +141,7 @@ def _final_report(service: Service, refused: int) -> None:
         service.bad_frames,
     )
     for line in report.log_lines(report.build(service.distributor, service.started_at, time.time())):
-        log.info("report: %s", line)
+        log.info("%s", line)
 
 
 def access_policy(settings: DaemonSettings) -> AccessPolicy:
@@ -164,7 +182,7 @@ def main(config_file: Path | None, **flags: Any) -> None:
     Example: eventbusd --socket /tmp/eb.sock --log-level debug
     """
     try:
-        source = SettingsSource(config_file_in_effect(config_file), flags)
+        source = SettingsSource(config_file, flags)
         settings = source.load()
         setup_logging(settings.log_level, "eventbusd")
         fix_mmap_threshold()
@@ -176,3 +194,8 @@ def main(config_file: Path | None, **flags: Any) -> None:
         click.echo(f"eventbusd: error: {exc}", err=True)
         sys.exit(1)
     sys.exit(EXIT_OK)
+
+
+def run() -> None:
+    """Console entry point of eventbusd: usage errors are one line, exit 2."""
+    run_command(main, "eventbusd")

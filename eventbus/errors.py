@@ -98,6 +98,12 @@ class ShuttingDown(EventBusError):
     code = "shutting_down"
 
 
+class MetricsUnavailable(EventBusError):
+    """The daemon cannot produce metrics: the ``metrics`` extra (prometheus_client) is not installed."""
+
+    code = "metrics_unavailable"
+
+
 class ConfigError(EventBusError):
     """A setting is invalid, or the daemon cannot start with it."""
 
@@ -124,6 +130,7 @@ _BY_CODE: dict[str, type[EventBusError]] = {
         Forbidden,
         RequestTimeout,
         ShuttingDown,
+        MetricsUnavailable,
     )
 }
 
@@ -156,6 +163,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidState",
     "InvalidTopic",
+    "MetricsUnavailable",
     "ProtocolError",
     "QueueFull",
     "RequestTimeout",

@@ -22,6 +22,7 @@ STATUS = "control.admin.status"
 COLLECTORS = "control.admin.collectors"
 STATS = "control.admin.stats"
 REPORT = "control.admin.report"
+METRICS = "control.admin.metrics"
 STRATEGY = "control.admin.strategy"
 ADMIN_DRAIN = "control.admin.drain"
 ADMIN_UNDRAIN = "control.admin.undrain"
@@ -39,6 +40,11 @@ RESULT_PREFIX = "control.collector.result"
 TASK_PREFIX = "control.collector.task"
 CANCEL_PREFIX = "control.collector.cancel"
 SHUTDOWN = "control.shutdown"
+# daemon -> subscriber
+#: ``{dropped: int}``: that many events matching its patterns were lost just before the next one
+SUBSCRIPTION_DROPPED = "control.subscription.dropped"
+#: ``{}``: nothing to do; sent to a subscriber the daemon sent nothing for half a heartbeat interval
+SUBSCRIPTION_PING = "control.subscription.ping"
 
 
 #: a position in the task list, opaque to clients (valid while the daemon runs)

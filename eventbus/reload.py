@@ -44,17 +44,28 @@ def config_file_in_effect(named: Path | None, default: Path = DEFAULT_CONFIG_FIL
 
 @dataclass(frozen=True)
 class SettingsSource:
-    """Where the daemon's settings come from: a config file (or none) and the command-line flags."""
+    """Where the daemon's settings come from: a config file (or none) and the command-line flags.
 
-    config_file: Path | None
+    ``named`` is the file given by --config or EVENTBUS_CONFIG. Without one,
+    ``default`` is read whenever it exists: at start and at every reload, so
+    a default file created after the daemon started applies on SIGHUP.
+    """
+
+    named: Path | None
     flags: Mapping[str, Any] = field(default_factory=dict)
+    default: Path = DEFAULT_CONFIG_FILE
+
+    @property
+    def config_file(self) -> Path | None:
+        return config_file_in_effect(self.named, self.default)
 
     def load(self) -> DaemonSettings:
         """Read the settings again (file < environment < flags); :class:`ConfigError` names the culprit."""
         return load_settings(DaemonSettings, config_file=self.config_file, flags=self.flags)
 
     def describe(self) -> str:
-        return str(self.config_file) if self.config_file is not None else "the environment and flags (no config file)"
+        path = self.config_file
+        return str(path) if path is not None else "the environment and flags (no config file)"
 
 
 def merge(running: DaemonSettings, loaded: DaemonSettings) -> tuple[DaemonSettings, list[str], list[str]]:

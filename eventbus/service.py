@@ -13,9 +13,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from distributor import (
     Action,
@@ -42,13 +42,17 @@ from eventbus.errors import (
     TooLarge,
     UnknownVerb,
 )
+from eventbus.fanout import Fanout
+from eventbus.metrics_http import load_exporter
 from eventbus.ownership import Ownership, same_process
 from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, task_page
 from eventbus.settings import DaemonSettings
-from eventbus.topics import Subscriptions
 from eventbus.waiters import Waiter, Waiters
 from eventbus.wire import Envelope, Kind, decode, encode, error_body, peek_id
+
+if TYPE_CHECKING:
+    from eventbus.metrics import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ class Service:
         loop: asyncio.AbstractEventLoop,
         policy: AccessPolicy,
         transport_counters: Callable[[], dict[str, int]] = dict,
+        transport_pending: Callable[[], tuple[int, int]] = lambda: (0, 0),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -77,13 +82,17 @@ class Service:
         self._clock = clock
         self.started_at = clock()
         self.distributor = TaskDistributor(_distributor_config(settings), strategy=make_strategy(settings.strategy))
-        self.subscriptions = Subscriptions()
+        self.fanout = Fanout(send, clock, settings.max_message_size)
         self.distributor.events = False  # built only while somebody subscribes
         self.bad_frames = 0
         self.forbidden = 0
         self.undelivered = 0
         self._policy = policy
         self._transport_counters = transport_counters
+        self._transport_pending = transport_pending
+        #: error replies sent, by error code
+        self.rejected: Counter[str] = Counter()
+        self._exporter: Exporter | None = None
         self.owners = Ownership(settings.heartbeat_interval_s, self._silence)
         #: credentials of the connection whose message is being handled
         self._sender = UNKNOWN
@@ -104,6 +113,7 @@ class Service:
             m.COLLECTORS: self._collectors,
             m.STATS: self._stats,
             m.REPORT: report.handler(self.distributor, self.started_at, self._clock),
+            m.METRICS: self._metrics,
             m.SUBSCRIBE: self._subscribe,
             m.UNSUBSCRIBE: self._unsubscribe,
             m.REGISTER: self._register,
@@ -197,6 +207,7 @@ class Service:
         return False
 
     def _reply_error(self, identity: bytes, env: Envelope, exc: EventBusError) -> None:
+        self.rejected[exc.code] += 1
         self._deliver(identity, encode(Envelope(Kind.ERROR, env.id, env.topic, error_body(exc.code, exc.message))))
 
     def _publish(self, identity: bytes, topic: str, body: dict[str, Any]) -> bool:
@@ -213,8 +224,7 @@ class Service:
         while work:
             action = work.popleft()
             if isinstance(action, Publish):
-                for peer in self.subscriptions.subscribers(action.topic):
-                    self._publish(peer, action.topic, action.body)
+                self.fanout.publish(action.topic, action.body)
             elif isinstance(action, Dispatch) and not self._dispatch(action):
                 # undeliverable: treat the collector as dead until it heartbeats again,
                 # so its attempts are redelivered now instead of after a timeout
@@ -247,18 +257,23 @@ class Service:
         return identity is not None and self._publish(identity, topic, body)
 
     def tick(self) -> None:
-        """Fire due timers (timeouts, deadlines, retries, heartbeat checks)."""
+        """Fire due timers (timeouts, deadlines, retries, heartbeat checks) and look after subscribers."""
         self.perform(self.distributor.tick(self._clock()))
+        self.fanout.upkeep(self.settings.heartbeat_interval_s / 2)
 
     def close(self) -> None:
         """Stop taking submissions and registrations, and dispatching: every collector is drained.
 
-        Running attempts go on and report their results. Collectors are not told to leave:
-        they reconnect to the next daemon (under systemd their units stop with the daemon's).
+        Running attempts go on and report their results. Each collector is told
+        (``control.shutdown.<id>`` with ``daemon_stopping``) that the daemon, not
+        the collector, is going: it finishes and reports what runs, then
+        reconnects to the next daemon instead of leaving (under systemd the
+        collector units stop with the daemon's anyway).
         """
         self.closing = True
         for cid in [c.collector_id for c in self.distributor.registry]:
             self.perform(self.distributor.drain(cid, self._clock()))
+            self._to_collector(cid, f"{m.SHUTDOWN}.{cid}", {"daemon_stopping": True})
 
     def refuse_waiters(self) -> int:
         """Answer every request still waiting on a task with ``shutting_down``; returns how many there were."""
@@ -270,8 +285,8 @@ class Service:
 
     def peer_gone(self, identity: bytes) -> None:
         """The transport reports a peer as unreachable: forget its subscriptions."""
-        self.subscriptions.remove(identity)
-        self.distributor.events = len(self.subscriptions) > 0
+        self.fanout.remove(identity)
+        self.distributor.events = len(self.fanout) > 0
 
     # ---- client verbs --------------------------------------------------
 
@@ -338,29 +353,43 @@ class Service:
             "socket": str(self.settings.socket),
         }
 
+    def metrics(self) -> Exporter:
+        """The daemon's Prometheus exporter, made on first use; :class:`MetricsUnavailable` without the extra."""
+        if self._exporter is None:
+            self._exporter = load_exporter(self, self._transport_pending)
+        return self._exporter
+
+    def _metrics(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        return {"text": self.metrics().exposition().decode()}
+
     def _collectors(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         return {"collectors": [c.model_dump() for c in self.distributor.collectors(self._clock())]}
 
     def _stats(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """What ``control.admin.stats`` answers (also what the metrics are read from)."""
         snap = self.distributor.snapshot(self._clock())
         snap["bad_frames"] = self.bad_frames
         snap["forbidden"] = self.forbidden
         snap.update(self._transport_counters())
         snap["messages_undelivered"] = self.undelivered
-        snap["subscribers"] = len(self.subscriptions)
+        snap["subscribers"] = len(self.fanout)
+        snap["events_dropped"] = self.fanout.dropped
         snap["waiting_requests"] = len(self._waiters)
         return snap
 
     def _subscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.SubscribeBody, env.body)
-        self.subscriptions.add(identity, body.patterns)
+        self.fanout.add(identity, body.patterns)
         self.distributor.events = True
         return {"patterns": body.patterns}
 
     def _unsubscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.SubscribeBody, env.body)
-        self.subscriptions.remove(identity, body.patterns)
-        self.distributor.events = len(self.subscriptions) > 0
+        self.fanout.remove(identity, body.patterns)
+        self.distributor.events = len(self.fanout) > 0
         return {"patterns": body.patterns}
 
     # ---- collector verbs -----------------------------------------------

@@ -107,12 +107,25 @@ class DaemonSettings(_Settings):
         description="on SIGTERM, how long running attempts may finish before the daemon stops anyway "
         "(a second SIGTERM stops at once)",
     )
+    metrics_listen: str | None = Field(
+        default=None,
+        description="HOST:PORT to serve Prometheus metrics on, at /metrics over HTTP (e.g. 127.0.0.1:9464; "
+        "IPv6 in brackets, [::1]:9464); unset: not served. Needs the metrics extra (pip install "
+        "'eventbus[metrics]'); read at start only",
+    )
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r} (known: {', '.join(sorted(STRATEGIES))})")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
         return value
 
     @model_validator(mode="after")
@@ -136,6 +149,24 @@ _AT_MOST: tuple[tuple[str, str, float], ...] = (
     ("max_message_size", "max_queued_bytes", 1.0),
     ("max_message_size", "max_pending_bytes_per_peer", 1.0),
 )
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` (an IPv6 host in brackets); ValueError says what is wrong."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:9464, [::1]:9464)")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"{address!r}: an IPv6 host is written in brackets, e.g. [::1]:9464")
+        host = host[1:-1]
+    elif ":" in host or "]" in host:
+        raise ValueError(f"{address!r}: write an IPv6 host in brackets, e.g. [::1]:9464")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{address!r}: the port must be a number from 1 to 65535")
+    if any(c.isspace() or c in "/[]" for c in host):
+        raise ValueError(f"{address!r}: {host!r} is not a host name or address")
+    return host, int(port)
 
 
 class _Conflict(ValueError):
@@ -259,7 +290,8 @@ def click_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Call
             if name in skip:
                 continue
             flag = "--" + name.replace("_", "-")
-            helptext = f"{field.description} [env {env_name(name)}; default {field.default}]"
+            shown = "" if field.default is None else f"; default {field.default}"
+            helptext = f"{field.description} [env {env_name(name)}{shown}]"
             if typing.get_origin(field.annotation) is tuple:  # a list setting: a repeatable flag
                 item = _click_type(typing.get_args(field.annotation)[0])
                 func = click.option(flag, name, type=item, multiple=True, help=helptext)(func)

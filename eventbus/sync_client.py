@@ -81,7 +81,8 @@ class SyncClient:
                 probe(self.path)
                 raise RequestTimeout(f"no answer from eventbusd at {self.path} within {limit:g}s ({topic})")
             if env.kind is Kind.PUBLISH:
-                self._events.append((env.topic, env.body))
+                if env.topic != m.SUBSCRIPTION_PING:
+                    self._events.append((env.topic, env.body))
             elif env.id == corr:
                 return rq.reply_body(env)
             # else: a late reply to an earlier request that timed out
@@ -174,6 +175,10 @@ class SyncClient:
         """Completion-time percentiles per operation, collectors' utilization and success, errors by type."""
         return self._call(rq.report())
 
+    def metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format (:class:`MetricsUnavailable` without the extra)."""
+        return self._call(rq.metrics())
+
     def collectors(self) -> list[CollectorInfo]:
         return self._call(rq.collectors())
 
@@ -205,16 +210,21 @@ class SyncClient:
     def events(self, timeout: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (topic, body) of published events; stops after ``timeout`` seconds without one.
 
+        Where events were lost because this connection fell behind, the next
+        item is ``(control.subscription.dropped, {"dropped": N})`` (see
+        :data:`eventbus.messages.SUBSCRIPTION_DROPPED`), then the events go on.
         Raises :class:`ConnectionReset` when the daemon goes away: its subscriptions went with it.
         """
         while True:
             while self._events:
                 yield self._events.popleft()
-            wait = 3600.0 if timeout is None else timeout
-            env = self._recv(time.monotonic() + wait, "events", "its subscriptions are gone")
-            if env is None:
-                if timeout is None:
-                    continue
-                return
-            if env.kind is Kind.PUBLISH:
-                yield env.topic, env.body
+            deadline = time.monotonic() + (3600.0 if timeout is None else timeout)
+            while True:
+                env = self._recv(deadline, "events", "its subscriptions are gone")
+                if env is None:
+                    if timeout is not None:
+                        return
+                    deadline = time.monotonic() + 3600.0
+                elif env.kind is Kind.PUBLISH and env.topic != m.SUBSCRIPTION_PING:
+                    yield env.topic, env.body
+                    break

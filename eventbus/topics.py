@@ -85,6 +85,9 @@ class Subscriptions:
     def __len__(self) -> int:
         return len(self._by_peer)
 
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._by_peer
+
     def add(self, peer: bytes, patterns: list[str]) -> None:
         for p in patterns:  # all or nothing
             validate_subscription(p)

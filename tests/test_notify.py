@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from eventbus.notify import Notifier, watchdog_interval
-from eventbus.reload import config_file_in_effect
+from eventbus.reload import SettingsSource, config_file_in_effect
 
 
 def test_the_watchdog_is_pinged_at_half_its_interval_only_for_our_pid() -> None:
@@ -47,3 +49,18 @@ def test_the_default_config_file_is_read_only_when_it_exists_and_none_is_named(t
     default.write_text("")
     assert config_file_in_effect(None, default) == default
     assert config_file_in_effect(named, default) == named
+
+
+def test_a_default_config_file_created_after_start_is_read_by_the_next_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EVENTBUS_STRATEGY", raising=False)
+    default = tmp_path / "eventbusd.toml"
+    source = SettingsSource(None, {}, default)
+    assert source.load().strategy == "least_loaded"
+    default.write_text('strategy = "round_robin"\n')
+    assert source.load().strategy == "round_robin"
+    assert source.describe() == str(default)
+    named = tmp_path / "named.toml"
+    named.write_text('strategy = "random"\n')
+    assert SettingsSource(named, {}, default).load().strategy == "random"  # a named file wins

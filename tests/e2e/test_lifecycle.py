@@ -131,6 +131,8 @@ def test_sigterm_lets_the_running_task_finish_answers_the_waiting_client_and_exi
     print(f"SIGTERM to exit with a running 2 s task: {elapsed:.2f}s")
     assert collector.popen.poll() is None  # collectors outlive the daemon and register with the next one
     assert "0 in flight abandoned" in daemon.output()
+    # told why, in words: the daemon is going, not the collector
+    assert "eventbusd is stopping; 1 running tasks finish and report" in collector.output()
 
 
 def test_sigterm_with_no_work_exits_0_at_once_with_a_final_report(bare_bus: Bus) -> None:
