@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from distributor import (
     Action,
     Cancel,
-    CollectorCapability,
     Dispatch,
     DistributorConfig,
     Finished,
@@ -33,6 +32,7 @@ from distributor.strategies import STRATEGIES
 from eventbus import messages as m
 from eventbus import report
 from eventbus._version import __version__
+from eventbus.collector_verbs import CollectorVerbs, Handler
 from eventbus.errors import (
     EventBusError,
     Forbidden,
@@ -44,7 +44,6 @@ from eventbus.errors import (
 )
 from eventbus.fanout import Fanout
 from eventbus.metrics_http import load_exporter
-from eventbus.ownership import Ownership, same_process
 from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, task_page
 from eventbus.settings import DaemonSettings
@@ -60,7 +59,6 @@ Send = Callable[[bytes, bytes], bool]
 
 #: what a dispatch adds to a submitted task: defaults filled in, attempt, topic
 DISPATCH_OVERHEAD = 1024
-Handler = Callable[[bytes, Envelope, str], "dict[str, Any] | None"]
 
 
 class Service:
@@ -93,9 +91,17 @@ class Service:
         #: error replies sent, by error code
         self.rejected: Counter[str] = Counter()
         self._exporter: Exporter | None = None
-        self.owners = Ownership(settings.heartbeat_interval_s, self._silence)
         #: credentials of the connection whose message is being handled
         self._sender = UNKNOWN
+        collectors = CollectorVerbs(
+            self.distributor,
+            settings=lambda: self.settings,
+            clock=clock,
+            sender=lambda: self._sender,
+            perform=self.perform,
+            to_collector=self._to_collector,
+        )
+        self.owners = collectors.owners
         self._waiters = Waiters(loop, self._answer)
         #: set by :meth:`close`: the daemon is stopping and takes no new work
         self.closing = False
@@ -106,9 +112,6 @@ class Service:
             m.CANCEL: self._cancel,
             m.LIST: self._list,
             m.STRATEGY: self._strategy,
-            m.ADMIN_DRAIN: self._drain_collector,
-            m.ADMIN_UNDRAIN: self._undrain_collector,
-            m.ADMIN_STOP: self._stop_collectors,
             m.STATUS: self._status,
             m.COLLECTORS: self._collectors,
             m.STATS: self._stats,
@@ -116,16 +119,10 @@ class Service:
             m.METRICS: self._metrics,
             m.SUBSCRIBE: self._subscribe,
             m.UNSUBSCRIBE: self._unsubscribe,
-            m.REGISTER: self._register,
-            m.DEREGISTER: self._deregister,
-            m.DRAIN: self._drain_self,
-            m.CLAIM: self._claim,
+            **collectors.exact(),
         }
         # topics ending in the sender's collector id
-        self._per_collector: dict[str, Handler] = {
-            m.HEARTBEAT_PREFIX: self._heartbeat,
-            m.RESULT_PREFIX: self._attempt_event,
-        }
+        self._per_collector: dict[str, Handler] = collectors.per_collector()
 
     # ---- inbound -------------------------------------------------------
 
@@ -391,119 +388,6 @@ class Service:
         self.fanout.remove(identity, body.patterns)
         self.distributor.events = len(self.fanout) > 0
         return {"patterns": body.patterns}
-
-    # ---- collector verbs -----------------------------------------------
-
-    def _register(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        capability = m.parse(CollectorCapability, env.body)
-        cid = capability.collector_id
-        if self.owners.register(cid, identity, self._sender) and self.distributor.registry.find(cid) is not None:
-            # another process held the id and is gone: its attempts go back to the queue
-            self.perform(self.distributor.deregister(cid, self._clock()))
-        self.perform(self.distributor.register(capability, self._clock()))
-        log.info(
-            "collector_id=%s registered: type=%s operations=%s max_concurrent_tasks=%d",
-            capability.collector_id,
-            capability.collector_type,
-            ",".join(capability.supported_operations),
-            capability.max_concurrent_tasks,
-        )
-        return {
-            "heartbeat_interval_s": self.settings.heartbeat_interval_s,
-            "heartbeat_timeout_s": self.settings.heartbeat_timeout_s,
-            "max_message_size": self._max,
-        }
-
-    def _silence(self, collector_id: str) -> float | None:
-        state = self.distributor.registry.find(collector_id)
-        return None if state is None else self._clock() - state.last_heartbeat
-
-    def _claim(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        """Whether a collector id is free to register, asked before connecting with it as routing id."""
-        cid = m.parse(m.CollectorIdBody, env.body).collector_id
-        holder = self.owners.holder(cid)
-        if holder is None or same_process(holder.peer, self._sender):
-            return {"collector_id": cid, "free": True}
-        return {
-            "collector_id": cid,
-            "free": False,
-            "pid": holder.peer.pid,
-            "uid": holder.peer.uid,
-            "silent_s": holder.silent_s,
-            "retry_after_s": self.settings.heartbeat_interval_s,
-        }
-
-    def _owned(self, identity: bytes, collector_id: str) -> None:
-        """Only the process that registered a collector acts for it."""
-        self.owners.check(collector_id, identity, self._sender)
-
-    def _deregister(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        body = m.parse(m.CollectorIdBody, env.body)
-        self._owned(identity, body.collector_id)
-        self.perform(self.distributor.deregister(body.collector_id, self._clock()))
-        self.owners.forget(body.collector_id)
-        log.info("collector_id=%s deregistered", body.collector_id)
-        return {"collector_id": body.collector_id}
-
-    def _drain_collector(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        body = m.parse(m.CollectorIdBody, env.body)
-        self.perform(self.distributor.drain(body.collector_id, self._clock()))
-        return self._collector_info(body.collector_id)
-
-    def _drain_self(self, identity: bytes, env: Envelope, arg: str) -> dict[str, Any]:
-        """A collector draining itself (SIGTERM): only for the collector the connection registered."""
-        self._owned(identity, m.parse(m.CollectorIdBody, env.body).collector_id)
-        return self._drain_collector(identity, env, arg)
-
-    def _undrain_collector(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        body = m.parse(m.CollectorIdBody, env.body)
-        self.perform(self.distributor.undrain(body.collector_id, self._clock()))
-        return self._collector_info(body.collector_id)
-
-    def _stop_collectors(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
-        """Ask one collector (or all) to drain and exit: ``control.shutdown[.<id>]``."""
-        body = m.parse(m.StopBody, env.body)
-        if body.collector_id is not None:
-            self.distributor.registry.get(body.collector_id)  # UnknownCollector if not registered
-            targets = [body.collector_id]
-        else:
-            targets = [c.collector_id for c in self.distributor.registry]
-        for cid in targets:
-            topic = m.SHUTDOWN if body.collector_id is None else f"{m.SHUTDOWN}.{cid}"
-            self._to_collector(cid, topic, {})
-        log.info("asked %d collectors to stop: %s", len(targets), ",".join(targets))
-        return {"collectors": targets}
-
-    def _collector_info(self, collector_id: str) -> dict[str, Any]:
-        return self.distributor.registry.get(collector_id).info(self._clock()).model_dump()
-
-    def _heartbeat(self, identity: bytes, env: Envelope, collector_id: str) -> dict[str, Any]:
-        m.parse(m.HeartbeatBody, env.body)
-        self._owned(identity, collector_id)
-        self.perform(self.distributor.heartbeat(collector_id, self._clock()))
-        return {"at": self._clock()}
-
-    def _attempt_event(self, identity: bytes, env: Envelope, collector_id: str) -> dict[str, Any]:
-        event = m.parse(m.AttemptEvent, env.body)
-        self._owned(identity, collector_id)
-        now = self._clock()
-        d = self.distributor
-        if event.event == "accepted":
-            actions = d.accepted(collector_id, event.task_id, event.attempt, now)
-        elif event.event == "rejected":
-            actions = d.reject(collector_id, event.task_id, event.attempt, now)
-        elif event.event == "progress":
-            actions = d.progress(collector_id, event.task_id, event.attempt, event.fraction or 0.0, event.message, now)
-        else:
-            result = event.result
-            if result is None or result.task_id != event.task_id or result.attempt != event.attempt:
-                raise InvalidRequest("a 'result' event needs a result for the same task_id and attempt")
-            if result.collector_id != collector_id:
-                raise Forbidden(f"result names collector {result.collector_id!r}, sent as {collector_id!r}")
-            # the frame size stands for the result's size: the history is bounded by it
-            actions = d.complete(result, now, size=env.weight)
-        self.perform(actions)
-        return {"task_id": event.task_id}
 
 
 #: verbs refused with ``shutting_down`` once the daemon is stopping: they would start new work

@@ -136,23 +136,68 @@ def test_a_collector_whose_daemon_is_gone_says_so_in_plain_words(bus: Bus) -> No
     assert not any("control." in line for line in lines)
 
 
+_TASK_KEYS = {"task_id", "operation", "state", "attempt", "retries", "created_at", "finished_at", "result"}
+_COLLECTOR_KEYS = {"collector_id", "collector_type", "supported_operations", "status", "success_rate", "utilization"}
 _DOCUMENTED: dict[str, set[str]] = {
     "status": {"version", "uptime_s", "strategy", "collectors", "active_collectors", "tasks_queued", "socket"},
-    "collectors": {"collector_id", "collector_type", "supported_operations", "status", "success_rate", "utilization"},
+    "collectors": _COLLECTOR_KEYS,
     "stats": {"tasks_submitted", "tasks_succeeded", "queue_depths", "latency_end_to_end_s", "subscribers"},
     "report": {"uptime_s", "operations", "collectors", "errors"},
-    "task": {"task_id", "operation", "state", "attempt", "retries", "created_at", "finished_at", "result"},
+    "task": _TASK_KEYS,
     "tasks": {"task_id", "operation", "state", "attempt", "collector_id"},
     "strategy": {"strategy"},
     "submit": {"task_id"},
+    "cancel": _TASK_KEYS,
+    "drain": _COLLECTOR_KEYS,
+    "undrain": _COLLECTOR_KEYS,
+    "stop": {"collectors"},
+    "metrics": {"text"},
+    "watch": {"topic", "body"},
 }
+
+
+def test_every_command_has_its_documented_json_keys_listed() -> None:
+    assert set(_DOCUMENTED) == set(main.commands)
+
+
+def _subscribers(bus: Bus) -> int:
+    with bus.client() as c:
+        return int(c.stats()["subscribers"])
+
+
+def _watch_one(bus: Bus) -> subprocess.CompletedProcess[str]:
+    """``--json watch --count 1`` while a task is submitted."""
+    proc = subprocess.Popen(
+        [command("eventbusctl"), "--json", "watch", "--count", "1"],
+        env=bus.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _subscribers(bus) == 1, 10, "the watcher to subscribe")
+        bus.ctl("submit", "echo")
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait(5)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("name", sorted(_DOCUMENTED))
 def test_json_output_parses_and_holds_the_documented_keys(bus: Bus, name: str) -> None:
     bus.start_collector("json-1")
     tid = _json(bus.ctl("--json", "submit", "echo", "--payload", "1", "--wait"))["task_id"]
-    args = {"task": ["task", tid], "submit": ["submit", "echo"]}.get(name, [name])
-    data = _json(bus.ctl("--json", *args))
+    queued = _json(bus.ctl("--json", "submit", "nobody-offers"))["task_id"]
+    args = {
+        "task": ["task", tid],
+        "submit": ["submit", "echo"],
+        "cancel": ["cancel", queued],
+        "drain": ["drain", "json-1"],
+        "undrain": ["undrain", "json-1"],
+        "stop": ["stop", "json-1"],
+    }.get(name, [name])
+    result = _watch_one(bus) if name == "watch" else bus.ctl("--json", *args)
+    data = _json(result)
     record = data[0] if isinstance(data, list) else data
     assert _DOCUMENTED[name] <= set(record)
