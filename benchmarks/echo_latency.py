@@ -2,8 +2,9 @@
 
 Both are measured in the same run on the same machine:
 
-- eventbus: ``SyncClient.submit("echo")`` then ``wait`` (what ``eventbusctl submit --wait``
-  does), sequentially, one task at a time, through eventbusd and one demo collector;
+- eventbus: ``SyncClient.run("echo")`` (one request, what ``eventbusctl submit --wait`` does),
+  and ``submit`` then ``wait`` (two requests), sequentially, one task at a time, through
+  eventbusd and one demo collector;
 - baseline: a bare pyzmq request -> ROUTER broker process -> DEALER worker process -> back,
   one message at a time (the floor any broker-based design on this machine starts from).
 
@@ -23,11 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from distributor.models import TaskInfo
 from eventbus.client import SyncClient
 from eventbus.errors import EventBusError
 
@@ -79,7 +82,7 @@ def raw_baseline(root: Path, n: int) -> list[float]:
             p.join()
 
 
-def eventbus_echo(root: Path, n: int) -> tuple[list[float], dict[str, Any]]:
+def eventbus_echo(root: Path, n: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
     sock = root / "eb.sock"
     env = {**os.environ, "EVENTBUS_SOCKET": str(sock)}
     daemon = subprocess.Popen([BIN / "eventbusd", "--log-level", "warning"], env=env)
@@ -93,14 +96,20 @@ def eventbus_echo(root: Path, n: int) -> tuple[list[float], dict[str, Any]]:
         )
         with SyncClient(sock) as client:
             _wait_collector(client)
-            for _ in range(100):  # warm up
-                client.wait(client.submit("echo", {"hello": 1}), timeout=10)
-            samples = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                info = client.wait(client.submit("echo", {"hello": 1}), timeout=10)
-                samples.append(time.perf_counter() - t0)
-                assert info.result is not None and info.result.value == {"hello": 1}
+            ways: dict[str, Callable[[], TaskInfo]] = {
+                "run": lambda: client.run("echo", {"hello": 1}, timeout=10),
+                "submit_wait": lambda: client.wait(client.submit("echo", {"hello": 1}), timeout=10),
+            }
+            for one in ways.values():
+                for _ in range(100):  # warm up
+                    one()
+            samples: dict[str, list[float]] = {name: [] for name in ways}
+            for name, one in ways.items():
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    info = one()
+                    samples[name].append(time.perf_counter() - t0)
+                    assert info.result is not None and info.result.value == {"hello": 1}
             stats = client.stats()
         return samples, stats
     finally:
@@ -148,22 +157,25 @@ def main() -> None:
     try:
         raw = summary(raw_baseline(root, args.tasks))
         samples, stats = eventbus_echo(root, args.tasks)
-        eb = summary(samples)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    run, two = summary(samples["run"]), summary(samples["submit_wait"])
     report = {
         "raw_zmq_round_trip": raw,
-        "eventbus_echo_submit_wait": eb,
-        "ratio_p50_eventbus_to_raw": eb["p50_us"] / raw["p50_us"],
+        "eventbus_echo_run": run,
+        "eventbus_echo_submit_wait": two,
+        "ratio_p50_eventbus_to_raw": run["p50_us"] / raw["p50_us"],
+        "ratio_p50_submit_wait_to_raw": two["p50_us"] / raw["p50_us"],
         "daemon_end_to_end_p50_s": stats["latency_end_to_end_s"]["p50"],
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    for name in ("raw_zmq_round_trip", "eventbus_echo_submit_wait"):
+    for name in ("raw_zmq_round_trip", "eventbus_echo_run", "eventbus_echo_submit_wait"):
         r = report[name]
         print(f"{name:28} n={r['n']:<6} p50={r['p50_us']:8.0f} us  p99={r['p99_us']:8.0f} us  {r['per_s']:8.0f}/s")
-    print(f"eventbus p50 / raw ZeroMQ p50 = {report['ratio_p50_eventbus_to_raw']:.1f}x")
+    print(f"eventbus run p50 / raw ZeroMQ p50 = {report['ratio_p50_eventbus_to_raw']:.1f}x")
+    print(f"eventbus submit + wait p50 / raw ZeroMQ p50 = {report['ratio_p50_submit_wait_to_raw']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,11 @@ class CapabilityRegistry:
         """Whether any registered collector (of any status) offers ``operation``."""
         return operation in self._by_op
 
+    def offered(self, operation: str) -> bool:
+        """Whether an available collector (not draining, not unhealthy) offers ``operation`` now."""
+        supporters = self._by_op.get(operation)
+        return supporters is not None and any(s.status is CollectorStatus.AVAILABLE for s in supporters.values())
+
     def pool(self, operation: str, priority: int, constraints: tuple[Constraint, ...] = ()) -> Pool | None:
         """The collectors that can take a task of this shape right now (None: nobody offers the operation)."""
         supporters = self._by_op.get(operation)

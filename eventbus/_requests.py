@@ -8,6 +8,7 @@ builds a body or reads a reply itself.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -21,6 +22,8 @@ T = TypeVar("T")
 
 #: a wait is split into server-side waits of at most this long
 WAIT_CHUNK_S = 60.0
+#: the shortest wait a submit asks for (the daemon takes only waits > 0)
+MIN_WAIT_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,32 @@ def _asked(reply: dict[str, Any]) -> list[str]:
 def submit(operation: str, payload: Any = None, **fields: Any) -> Call[str]:
     """Submit a task; the result is its id."""
     return Call(m.SUBMIT, submit_body(operation, payload, **fields), _task_id)
+
+
+def new_task_id() -> str:
+    """A task id chosen by the client (as the daemon would choose it), so a wait can ask for it after a reset."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The answer to a submit with ``wait``: the task (final, unless the wait ran out) and whether a
+    live collector offers its operation (False: the daemon answered at once rather than wait)."""
+
+    info: TaskInfo
+    offered: bool
+
+
+def _submitted(reply: dict[str, Any]) -> Submitted:
+    return Submitted(TaskInfo.model_validate(reply), reply.get("offered") is not False)
+
+
+def submit_wait(operation: str, payload: Any, wait_s: float, timeout: float, **fields: Any) -> Call[Submitted]:
+    """Submit and have the answer held until the task is final (or ``wait_s`` passed): one round trip."""
+    body = submit_body(operation, payload, **fields)
+    body["wait"] = True
+    body["wait_s"] = max(wait_s, MIN_WAIT_S)
+    return Call(m.SUBMIT, body, _submitted, body["wait_s"] + timeout)
 
 
 def get(task_id: str, wait_s: float | None, timeout: float) -> Call[TaskInfo]:

@@ -133,40 +133,32 @@ def submit(
     value = payload_value(payload)
     deadline = time.time() + deadline_s if deadline_s is not None else None
 
-    def call(client: SyncClient) -> str | TaskInfo:
-        tid = client.submit(
-            operation,
-            value,
-            priority=priority,
-            timeout_ms=timeout_ms,
-            deadline=deadline,
-            task_id=task_id,
-            constraints=list(constraints) or None,
-            depends_on=list(depends_on) or None,
+    fields: dict[str, Any] = {
+        "priority": priority,
+        "timeout_ms": timeout_ms,
+        "deadline": deadline,
+        "task_id": task_id,
+        "constraints": list(constraints) or None,
+        "depends_on": list(depends_on) or None,
+    }
+
+    def unoffered(tid: str) -> None:
+        click.echo(
+            f"eventbusctl: no live collector offers {operation!r}: task {tid} stays queued until one does "
+            "(still waiting; --wait-timeout N gives up after N seconds)",
+            err=True,
         )
+
+    def call(client: SyncClient) -> str | TaskInfo:
         if not wait:
-            return tid
-        if not _offered(client, operation):
-            click.echo(
-                f"eventbusctl: no live collector offers {operation!r}: task {tid} stays queued until one does "
-                "(still waiting; --wait-timeout N gives up after N seconds)",
-                err=True,
-            )
-        return client.wait(tid, timeout=wait_timeout)
+            return client.submit(operation, value, **fields)
+        return client.run(operation, value, timeout=wait_timeout, on_unoffered=unoffered, **fields)
 
     out = _run(ctx, call, {"depends_on": "--after", "constraints": "--require", "deadline": "--deadline-s"})
     if isinstance(out, TaskInfo):
         _print_final(ctx, out)
     else:
         _emit(ctx, {"task_id": out}, lambda: click.echo(out))
-
-
-def _offered(client: SyncClient, operation: str) -> bool:
-    """Whether a live collector offers ``operation``; True when that cannot be told (the hint is skipped)."""
-    try:
-        return client.offers(operation)
-    except EventBusError:
-        return True
 
 
 def _print_final(ctx: _Ctx, info: TaskInfo) -> None:

@@ -287,7 +287,11 @@ class Client:
         :class:`DaemonUnreachable` (the task's fate is unknown).
         """
         loop = asyncio.get_running_loop()
-        w = TaskWait(self.path, task_id, timeout, loop.time(), self.reconnect_grace)
+        return await self._wait(TaskWait(self.path, task_id, timeout, loop.time(), self.reconnect_grace))
+
+    async def _wait(self, w: TaskWait) -> TaskInfo:
+        loop = asyncio.get_running_loop()
+        task_id = w.task_id
         while True:
             try:
                 within = w.relink_within(loop.time())
@@ -300,6 +304,34 @@ class Client:
             final = w.got(info, loop.time())
             if final is not None:
                 return final
+
+    async def run(
+        self,
+        operation: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        on_unoffered: Callable[[str], None] | None = None,
+        **fields: Any,
+    ) -> TaskInfo:
+        """Submit a task and wait until it is final: one request when it finishes within a minute.
+
+        As :meth:`SyncClient.run`.
+        """
+        loop = asyncio.get_running_loop()
+        task_id = fields.pop("task_id", None) or rq.new_task_id()
+        w = TaskWait(self.path, task_id, timeout, loop.time(), self.reconnect_grace)
+        call = rq.submit_wait(operation, payload, w.chunk(loop.time()), self.timeout, task_id=task_id, **fields)
+        try:
+            first = await self._call(call)
+        except ConnectionReset as exc:
+            w.failed(exc)  # submitted or not: ask the daemon that takes the connection back
+            return await self._wait(w)
+        if first.info.state.terminal:
+            return first.info
+        if not first.offered and on_unoffered is not None:
+            on_unoffered(task_id)
+        return await self._wait(w)
 
     async def cancel(self, task_id: str) -> TaskInfo:
         return await self._call(rq.cancel(task_id))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from distributor.models import Segment, TaskId, TaskInfo, TaskResult, TaskState
 from eventbus.errors import InvalidRequest
@@ -53,6 +53,23 @@ Cursor = Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: how long a ``control.task.submit`` with ``wait`` holds its answer when it gives no ``wait_s``
+SUBMIT_WAIT_DEFAULT_S = 60.0
+
+
+class SubmitWait(_Body):
+    """The fields a ``control.task.submit`` may carry besides the TaskRequest: answer when final."""
+
+    wait: StrictBool = False
+    wait_s: float = Field(
+        default=SUBMIT_WAIT_DEFAULT_S, gt=0, le=3600, description="with wait: answer when final, or after this long"
+    )
+
+
+#: the keys of :class:`SubmitWait`, taken out of a submit body before the TaskRequest is read
+SUBMIT_WAIT_KEYS = ("wait", "wait_s")
 
 
 class GetBody(_Body):

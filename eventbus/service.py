@@ -287,25 +287,45 @@ class Service:
 
     # ---- client verbs --------------------------------------------------
 
-    def _submit(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+    def _submit(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:
         if env.size + DISPATCH_OVERHEAD > self._max:
             raise TooLarge(
                 f"a task of {env.size} bytes leaves no room for the dispatch envelope "
                 f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
             )
-        request = m.parse(TaskRequest, env.body)
+        body, wait = env.body, None
+        if "wait" in body or "wait_s" in body:
+            body = dict(body)
+            wait = m.parse(m.SubmitWait, {k: body.pop(k) for k in m.SUBMIT_WAIT_KEYS if k in body})
+        request = m.parse(TaskRequest, body)
         task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid, size=env.weight)
         self.perform(actions)
-        return {"task_id": task_id}
+        if wait is None or not wait.wait:
+            return {"task_id": task_id}
+        return self._hold(identity, env, task_id, wait.wait_s, request.operation)
+
+    def _hold(
+        self, identity: bytes, env: Envelope, task_id: str, wait_s: float, operation: str | None = None
+    ) -> dict[str, Any] | None:
+        """A TaskInfo to answer at once, or None once the request waits for the task to be final.
+
+        With ``operation``, a task no available collector offers is answered at once with
+        ``offered: false``, so the caller can say so rather than wait in silence.
+        """
+        info = self.distributor.get(task_id)
+        if info.state.terminal:
+            return info.model_dump()
+        if operation is not None and not self.distributor.registry.offered(operation):
+            return {**info.model_dump(), "offered": False}
+        if not self._waiters.add(task_id, Waiter(identity, env.id, env.topic), wait_s):
+            return info.model_dump()  # too many requests wait already: the current state, at once
+        return None  # answered when the task finishes or the wait expires
 
     def _get(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:
         body = m.parse(m.GetBody, env.body)
-        info = self.distributor.get(body.task_id)
-        if info.state.terminal or not body.wait_s:
-            return info.model_dump()
-        if not self._waiters.add(body.task_id, Waiter(identity, env.id, env.topic), body.wait_s):
-            return info.model_dump()  # too many requests wait already: the current state, at once
-        return None  # answered when the task finishes or the wait expires
+        if not body.wait_s:
+            return self.distributor.get(body.task_id).model_dump()
+        return self._hold(identity, env, body.task_id, body.wait_s)
 
     def _answer(self, waiter: Waiter, task_id: str) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import zmq
@@ -19,7 +19,7 @@ from eventbus import _requests as rq
 from eventbus import messages as m
 from eventbus._link import UNKNOWN_OUTCOME, SyncLink, TaskWait, not_back, reset_error
 from eventbus._transport import RECONNECT_GRACE_S, Ids, dealer, probe
-from eventbus.errors import EventBusError, RequestTimeout
+from eventbus.errors import ConnectionReset, EventBusError, RequestTimeout
 from eventbus.paths import resolve_socket_path
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE, DEPTH_HEADROOM, MAX_DEPTH, Envelope, Kind, decode, encode
 
@@ -129,7 +129,10 @@ class SyncClient:
         :class:`DaemonRestarted` if the new daemon does not know it, :class:`DaemonUnreachable` if
         none came back within ``reconnect_grace`` (and never later than ``timeout``).
         """
-        w = TaskWait(self.path, task_id, timeout, time.monotonic(), self.reconnect_grace)
+        return self._wait(TaskWait(self.path, task_id, timeout, time.monotonic(), self.reconnect_grace))
+
+    def _wait(self, w: TaskWait) -> TaskInfo:
+        task_id = w.task_id
         while True:
             try:
                 within = w.relink_within(time.monotonic())
@@ -142,6 +145,35 @@ class SyncClient:
             final = w.got(info, time.monotonic())
             if final is not None:
                 return final
+
+    def run(
+        self,
+        operation: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        on_unoffered: Callable[[str], None] | None = None,
+        **fields: Any,
+    ) -> TaskInfo:
+        """Submit a task and block until it is final: one request when it finishes within a minute.
+
+        ``timeout`` as in :meth:`wait`, and so is a daemon restart meanwhile (the task id is chosen
+        here when not given, so the wait can ask for it again). ``on_unoffered(task_id)`` is called
+        when no live collector offers the operation (the task stays queued and the wait goes on).
+        """
+        task_id = fields.pop("task_id", None) or rq.new_task_id()
+        w = TaskWait(self.path, task_id, timeout, time.monotonic(), self.reconnect_grace)
+        call = rq.submit_wait(operation, payload, w.chunk(time.monotonic()), self.timeout, task_id=task_id, **fields)
+        try:
+            first = self._call(call)
+        except ConnectionReset as exc:
+            w.failed(exc)  # submitted or not: ask the daemon that takes the connection back
+            return self._wait(w)
+        if first.info.state.terminal:
+            return first.info
+        if not first.offered and on_unoffered is not None:
+            on_unoffered(task_id)
+        return self._wait(w)
 
     def cancel(self, task_id: str) -> TaskInfo:
         return self._call(rq.cancel(task_id))

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Generator
+import asyncio
+from collections.abc import Generator, Iterator
 
 import pytest
 from hypothesis import settings
+
+from tests.service_harness import Harness
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -19,3 +22,13 @@ def pytest_runtest_makereport(
 # Machines here are noisy: a per-example deadline would turn load into failures.
 settings.register_profile("eventbus", deadline=None)
 settings.load_profile("eventbus")
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    """A Service without sockets (see tests/service_harness.py), on an event loop of its own."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield Harness(loop)
+    finally:
+        loop.close()

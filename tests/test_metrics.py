@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,14 +20,10 @@ from eventbus import messages as m
 from eventbus import metrics_http
 from eventbus.errors import ConfigError, MetricsUnavailable
 from eventbus.metrics_http import MetricsServer, load_exporter, serve_metrics
-from eventbus.peers import AccessPolicy, Peer
 from eventbus.reload import LIVE
-from eventbus.service import Service
 from eventbus.settings import DaemonSettings, load_settings
-from eventbus.wire import Envelope, Kind, decode, encode
-
-ME = Peer(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), conn=1, served=True)
-
+from eventbus.wire import Kind
+from tests.service_harness import ME, Harness
 
 # ---- histograms ------------------------------------------------------------
 
@@ -96,48 +90,6 @@ def test_a_task_that_does_not_succeed_is_not_timed_end_to_end() -> None:
 
 
 # ---- the collector -----------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Harness:
-    """A Service without sockets: frames it sends are kept, decoded."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.clock = FakeClock()
-        self.sent: list[tuple[bytes, Envelope]] = []
-        self.service = Service(
-            DaemonSettings(),
-            self._send,
-            loop=loop,
-            policy=AccessPolicy.build(os.getuid(), (), (), ()),
-            transport_counters=lambda: {"connections": 3, "connections_refused": 1, "messages_dropped": 0},
-            transport_pending=lambda: (4096, 2),
-            clock=self.clock,
-        )
-
-    def _send(self, identity: bytes, data: bytes) -> bool:
-        self.sent.append((identity, decode(data, 64 << 20)))
-        return True
-
-    def request(self, topic: str, body: dict[str, Any], identity: bytes = b"client") -> Envelope:
-        self.service.on_message(identity, [encode(Envelope(Kind.REQUEST, "r1", topic, body))], ME)
-        return self.sent[-1][1]
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    loop = asyncio.new_event_loop()
-    try:
-        yield Harness(loop)
-    finally:
-        loop.close()
 
 
 def _families(text: str) -> dict[str, list[Sample]]:
