@@ -21,6 +21,7 @@ from pathlib import Path
 
 import zmq
 
+from eventbus._loopsock import LoopReader
 from eventbus.errors import ConfigError, SocketInUse
 from eventbus.paths import endpoint
 from eventbus.peers import AccessPolicy, Peer, PeerCache
@@ -28,8 +29,6 @@ from eventbus.zap import DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
 
-#: frames handled per callback before yielding to timers and other callbacks
-BATCH = 512
 #: first and longest retry interval for peers whose ZeroMQ pipe was full
 FLUSH_RETRY_S = 0.002
 FLUSH_RETRY_MAX_S = 0.1
@@ -82,7 +81,7 @@ class Broker:
         self._queues: dict[bytes, deque[bytes]] = {}
         self._queued_bytes: dict[bytes, int] = {}
         self._overflowing: set[bytes] = set()
-        self._read_scheduled = False
+        self._reader: LoopReader[list[zmq.Frame]] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_delay = FLUSH_RETRY_S
         self.received = 0
@@ -140,20 +139,17 @@ class Broker:
             os.umask(old_umask)
         self._ctx, self._sock, self._loop, self._zap = ctx, sock, loop, zap
         zap.start(loop)
-        loop.add_reader(self._fd(sock), self._on_readable)
-        self._schedule_read()  # frames may already be waiting: the FD only signals edges
+        self._reader = LoopReader(loop, sock, lambda: sock.recv_multipart(zmq.NOBLOCK, copy=False), self._on_frames)
         log.info("listening on %s", self.path)
-
-    @staticmethod
-    def _fd(sock: zmq.Socket[bytes]) -> int:
-        return int(sock.getsockopt(zmq.FD))
 
     def close(self) -> None:
         """Stop reading, flush what can be flushed, close and unlink the socket."""
         if self._sock is None:
             return
         assert self._loop is not None and self._ctx is not None
-        self._loop.remove_reader(self._fd(self._sock))
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         self._flush()
@@ -205,31 +201,16 @@ class Broker:
 
     # ---- receiving -----------------------------------------------------
 
-    def _schedule_read(self) -> None:
-        if not self._read_scheduled and self._loop is not None:
-            self._read_scheduled = True
-            self._loop.call_soon(self._on_readable)
-
-    def _on_readable(self) -> None:
-        self._read_scheduled = False
-        sock = self._sock
-        if sock is None:
-            return
-        for _ in range(BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            self.received += 1
-            identity = frames[0].bytes
-            body = [f.bytes for f in frames[1:]]
-            # the ZAP handler stamped the connection; libzmq repeats it on every frame
-            peer = self._peers.get(str(frames[-1].get("User-Id")))
-            try:
-                self._on_message(identity, body, peer)
-            except Exception:  # a handler bug must not take the daemon down
-                log.exception("error handling a message from peer %r (%s)", identity, peer.describe())
-        self._recheck()
+    def _on_frames(self, frames: list[zmq.Frame]) -> None:
+        self.received += 1
+        identity = frames[0].bytes
+        body = [f.bytes for f in frames[1:]]
+        # the ZAP handler stamped the connection; libzmq repeats it on every frame
+        peer = self._peers.get(str(frames[-1].get("User-Id")))
+        try:
+            self._on_message(identity, body, peer)
+        except Exception:  # a handler bug must not take the daemon down
+            log.exception("error handling a message from peer %r (%s)", identity, peer.describe())
 
     def counters(self) -> dict[str, int]:
         """Transport counters for ``stats``: connections vetted and refused, messages dropped."""
@@ -246,9 +227,8 @@ class Broker:
 
     def _recheck(self) -> None:
         """Schedule a read if frames wait: any send or receive may have consumed the FD's edge."""
-        sock = self._sock
-        if sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            self._schedule_read()
+        if self._reader is not None:
+            self._reader.recheck()
 
     # ---- sending -------------------------------------------------------
 

@@ -408,3 +408,70 @@ def watch(ctx: _Ctx, patterns: tuple[str, ...], count: int | None) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         _run(ctx, call)
     sys.exit(EXIT_OK)
+
+
+@main.command()
+@click.option("--collectors", type=click.IntRange(1, 64), default=1, show_default=True, help="demo collectors")
+@click.option(
+    "--idle-collectors",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    show_default=True,
+    help="collectors that only register and heartbeat (all held by one helper process)",
+)
+@click.option("--clients", type=click.IntRange(1, 64), default=1, show_default=True, help="client processes")
+@click.option(
+    "--in-flight", type=click.IntRange(1, 10_000), default=100, show_default=True, help="tasks each client keeps open"
+)
+@click.option("--tasks", type=click.IntRange(min=1), help="tasks measured, shared by the clients [default 5000]")
+@click.option("--duration", type=FiniteFloatRange(min=0, min_open=True), help="measure for S seconds instead")
+@click.option("--payload-bytes", type=click.IntRange(0, 256 << 10), default=64, show_default=True)
+@click.option("--operation", type=click.Choice(["echo"]), default="echo", show_default=True)
+@click.option("--baseline/--no-baseline", default=True, show_default=True, help="also run the raw pyzmq baseline")
+@click.pass_obj
+def bench(
+    ctx: _Ctx,
+    collectors: int,
+    idle_collectors: int,
+    clients: int,
+    in_flight: int,
+    tasks: int | None,
+    duration: float | None,
+    payload_bytes: int,
+    operation: str,
+    baseline: bool,
+) -> None:
+    """Throughput and latency through eventbusd, next to a raw pyzmq broker on the same machine.
+
+    Without --socket it runs its own eventbusd on a temp socket (EVENTBUS_SOCKET is not enough:
+    a bench never loads a shared daemon by accident); with --socket it uses that daemon. Either
+    way it starts its own collectors, idle collectors and client processes, and stops them.
+    Exit 1 if a task failed, came back with a wrong value or was lost.
+
+    Example: eventbusctl bench --tasks 20000 --in-flight 100 --idle-collectors 1000
+    """
+    from eventbus import bench as b  # imported here: the other commands do not load it
+
+    if tasks is not None and duration is not None:
+        raise click.UsageError("give --tasks or --duration, not both")
+    opts = b.BenchOptions(
+        collectors=collectors,
+        idle_collectors=idle_collectors,
+        clients=clients,
+        in_flight=in_flight,
+        tasks=None if duration is not None else tasks or 5000,
+        duration=duration,
+        payload_bytes=payload_bytes,
+        operation=operation,
+        baseline=baseline,
+        socket=click.get_current_context().find_root().params.get("socket"),
+    )
+    try:
+        doc = b.run_bench(opts, b.ProgressLine(sys.stderr))
+    except EventBusError as exc:
+        _fail(ctx, exc.code, exc.message, exit_code_for(exc.code))
+    _emit(ctx, doc, lambda: click.echo(b.table(doc)))
+    problem = b.unsuccessful(doc)
+    if problem:
+        click.echo(f"eventbusctl: bench: {problem}", err=True)
+        sys.exit(EXIT_TASK_FAILED)

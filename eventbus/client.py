@@ -14,10 +14,10 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import zmq
-import zmq.asyncio
 
 from distributor.models import CollectorInfo, TaskInfo
 from eventbus import _requests as rq
@@ -30,6 +30,7 @@ from eventbus._link import (
     not_back,
     reset_error,
 )
+from eventbus._loopsock import LoopReader, LoopWriter
 from eventbus._requests import WAIT_CHUNK_S, list_body, submit_body
 from eventbus._transport import RECONNECT_GRACE_S, Ids, dealer, probe
 from eventbus.errors import (
@@ -60,10 +61,13 @@ OnPublish = Callable[[str, dict[str, Any]], None]
 log = logging.getLogger(__name__)
 
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    """Retrieve a fire-and-forget send's outcome; a full pipe only loses a progress report."""
-    if not fut.cancelled():
-        fut.exception()
+#: bytes a connection queues while its pipe to the daemon is full (the daemon is not reading)
+SEND_QUEUE_BYTES = 64 << 20
+
+
+def _expire(fut: asyncio.Future[Envelope], path: Path, limit: float, topic: str) -> None:
+    if not fut.done():
+        fut.set_exception(RequestTimeout(f"no answer from eventbusd at {path} within {limit:g}s ({topic})"))
 
 
 def _same(exc: EventBusError) -> EventBusError:
@@ -95,12 +99,13 @@ class Client:
         self.max_message_size = max_message_size
         self._ids = Ids()
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        #: the socket monitor's PAIR, and the task that follows it (see :mod:`eventbus._link`)
-        self._mon: Any = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._ctx: zmq.Context[Any] | None = None
+        self._sock: zmq.Socket[Any] | None = None
+        self._reader: LoopReader[bytes] | None = None
+        self._writer: LoopWriter | None = None
+        #: the socket monitor's PAIR, and its reader (see :mod:`eventbus._link`)
+        self._mon: zmq.Socket[Any] | None = None
+        self._mon_reader: LoopReader[list[bytes]] | None = None
         self._up = asyncio.Event()
         #: set when the daemon refused the connection (this uid is not served)
         self._refused: Forbidden | None = None
@@ -115,7 +120,7 @@ class Client:
     async def connect(self) -> None:
         """Check the daemon is there and open the connection."""
         probe(self.path)
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self._open()
 
     async def reconnect(self) -> None:
@@ -128,28 +133,29 @@ class Client:
         self._open()
 
     def _open(self) -> None:
-        """A new DEALER, with a task reading it and one following its connection through the monitor."""
+        """A new DEALER, read from the loop, and its monitor, which follows the connection."""
         assert self._ctx is not None
-        self._sock = dealer(self._ctx, self.path, self._identity, self.max_message_size)
-        self._mon = self._sock.get_monitor_socket(MONITORED_EVENTS)
-        self._up.set()  # probe() found the daemon: up until the monitor says otherwise
         loop = asyncio.get_running_loop()
-        self._reader = loop.create_task(self._read())
-        self._watcher = loop.create_task(self._follow(self._mon))
+        sock = self._sock = dealer(self._ctx, self.path, self._identity, self.max_message_size)
+        mon = self._mon = sock.get_monitor_socket(MONITORED_EVENTS)
+        self._up.set()  # probe() found the daemon: up until the monitor says otherwise
+        reader = self._reader = LoopReader(
+            loop, sock, lambda: sock.recv(zmq.NOBLOCK), self._handle, on_error=self._socket_failed
+        )
+        self._writer = LoopWriter(loop, sock, SEND_QUEUE_BYTES, reader.recheck)
+        self._mon_reader = LoopReader(loop, mon, lambda: mon.recv_multipart(zmq.NOBLOCK), self._on_monitor)
 
     async def _disconnect(self) -> None:
-        for task in (self._reader, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._reader = self._watcher = None
+        for io in (self._reader, self._writer, self._mon_reader):
+            if io is not None:
+                io.close()
+        self._reader = self._writer = self._mon_reader = None
         self._fail_pending(lambda: DaemonUnreachable(f"connection to eventbusd at {self.path} was reset"))
-        if self._sock is not None:
+        if self._sock is not None and self._mon is not None:
             self._sock.disable_monitor()
             self._mon.close(linger=0)
             self._sock.close(linger=0)
-            self._sock = self._mon = None
+        self._sock = self._mon = None
 
     def _fail_pending(self, error: Callable[[], EventBusError]) -> None:
         """Nobody will answer the pending requests: each fails with a fresh ``error()``."""
@@ -164,43 +170,27 @@ class Client:
             self._ctx.term()
             self._ctx = None
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                self._handle(await self._sock.recv())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the socket failed: nobody will answer the pending requests
-            log.error("connection to %s failed: %s", self.path, exc)
-            message = f"connection to eventbusd at {self.path} failed: {exc}"
-            self._fail_pending(lambda: DaemonUnreachable(message))
+    def _socket_failed(self, exc: Exception) -> None:
+        """The socket failed: nobody will answer the pending requests."""
+        log.error("connection to %s failed: %s", self.path, exc)
+        message = f"connection to eventbusd at {self.path} failed: {exc}"
+        self._fail_pending(lambda: DaemonUnreachable(message))
 
-    async def _follow(self, mon: Any) -> None:
+    def _on_monitor(self, frames: list[bytes]) -> None:
         """Track the connection: when the daemon goes away, every pending request fails at once."""
         try:
-            while True:
-                try:
-                    state = link_event(await mon.recv_multipart())
-                except Forbidden as exc:
-                    self._refused = exc
-                    self._fail_pending(functools.partial(_same, exc))
-                    continue
-                if state:
-                    self._up.set()
-                elif state is False:
-                    self._up.clear()
-                    self._read_ready()  # answers that arrived before the drop still count
-                    self._fail_pending(lambda: reset_error(self.path, "an answer", UNKNOWN_OUTCOME))
-        except zmq.ZMQError as exc:  # the monitor is gone with its socket
-            log.debug("monitor of the connection to %s stopped: %s", self.path, exc)
-
-    def _read_ready(self) -> None:
-        """Handle the messages already received, without waiting."""
-        while True:
-            done = self._sock.recv(zmq.NOBLOCK)  # resolves at once: a message, or zmq.Again
-            if done.exception() is not None:
-                return
-            self._handle(done.result())
+            state = link_event(frames)
+        except Forbidden as exc:
+            self._refused = exc
+            self._fail_pending(functools.partial(_same, exc))
+            return
+        if state:
+            self._up.set()
+        elif state is False:
+            self._up.clear()
+            if self._reader is not None:
+                self._reader.drain_all()  # answers that arrived before the drop still count
+            self._fail_pending(lambda: reset_error(self.path, "an answer", UNKNOWN_OUTCOME))
 
     async def _ensure_link(self, within: float) -> None:
         """Return once the connection is up; :class:`DaemonUnreachable` with the cause if not within ``within`` s."""
@@ -242,17 +232,23 @@ class Client:
         """
         limit = self.timeout if timeout is None else timeout
         await self._ensure_link(min(self.reconnect_grace, limit))
+        writer = self._writer
+        assert writer is not None  # _ensure_link raises when not connected
         corr = self._ids.next()
-        fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Envelope] = loop.create_future()
         self._pending[corr] = fut
+        timer = loop.call_later(limit, _expire, fut, self.path, limit, topic)
         try:
-            await self._sock.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size))
-            env = await asyncio.wait_for(fut, limit)
-        except TimeoutError:
-            raise RequestTimeout(f"no answer from eventbusd at {self.path} within {limit:g}s ({topic})") from None
+            if not writer.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size)):
+                raise RequestTimeout(
+                    f"eventbusd at {self.path} is not reading: {writer.queued_bytes} bytes wait to be sent ({topic})"
+                )
+            env = await fut
         except ConnectionReset:
             raise reset_error(self.path, f"the answer to {topic}", UNKNOWN_OUTCOME) from None
         finally:
+            timer.cancel()
             self._pending.pop(corr, None)
         return rq.reply_body(env)
 
@@ -266,11 +262,9 @@ class Client:
         Sent synchronously, so it keeps its order relative to later requests.
         Best effort: while disconnected the message is dropped.
         """
-        if self._sock is None:
-            log.debug("not connected; %s dropped", topic)
-            return
-        sent = self._sock.send(encode(Envelope(Kind.REQUEST, "", topic, body), self.max_message_size), zmq.NOBLOCK)
-        sent.add_done_callback(_consume)
+        data = encode(Envelope(Kind.REQUEST, "", topic, body), self.max_message_size)
+        if self._writer is None or not self._writer.send(data):
+            log.debug("not connected, or the send queue is full; %s dropped", topic)
 
     async def submit(self, operation: str, payload: Any = None, **fields: Any) -> str:
         """Submit a task (fields as in TaskRequest) and return its id once it is queued."""

@@ -116,6 +116,12 @@ class SocketInUse(ConfigError):
     code = "socket_in_use"
 
 
+class BenchFailed(EventBusError):
+    """``eventbusctl bench`` could not run its tasks: a helper process (collector, client, baseline) failed."""
+
+    code = "bench_failed"
+
+
 _BY_CODE: dict[str, type[EventBusError]] = {
     cls.code: cls
     for cls in (
@@ -153,6 +159,7 @@ def error_from_code(code: str, message: str) -> EventBusError:
 
 __all__ = [
     "BadVersion",
+    "BenchFailed",
     "ConfigError",
     "ConnectionReset",
     "DaemonRestarted",

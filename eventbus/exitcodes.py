@@ -24,6 +24,8 @@ _BY_CODE = {
     "timeout": EXIT_TIMEOUT,
     "config": EXIT_USAGE,
     "socket_in_use": EXIT_USAGE,
+    # the bench could not run its tasks (a collector or client process failed): its tasks did not succeed
+    "bench_failed": EXIT_TASK_FAILED,
 }
 
 

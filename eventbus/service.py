@@ -154,7 +154,7 @@ class Service:
         except EventBusError as exc:
             self._reply_error(identity, env, exc)
             return
-        if body is not None:
+        if body is not None and env.id:  # a request without an id wants no reply (errors are still sent)
             self._reply(identity, env.id, env.topic, body)
 
     def _authorize(self, peer: Peer, env: Envelope) -> None:

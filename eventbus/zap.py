@@ -22,14 +22,13 @@ from typing import Any
 
 import zmq
 
+from eventbus._loopsock import LoopReader
 from eventbus.peers import AccessPolicy, Peer, parse_address
 
 log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN = b"eventbus"
-#: ZAP requests handled per callback before yielding to the loop
-_BATCH = 64
 #: a refused client reconnects every 100 ms: its refusal is logged at most this often
 _LOG_EVERY_S = 60.0
 
@@ -42,36 +41,24 @@ class ZapHandler:
         self._sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(ZAP_ENDPOINT)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: LoopReader[list[bytes]] | None = None
         self._serial = 0
         self.connections = 0
         self.refused = 0
         self._logged: dict[int, float] = {}  # uid -> when its refusal was last logged
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        loop.add_reader(self._fd(), self._on_readable)
-        loop.call_soon(self._on_readable)  # requests may already wait: the FD only signals edges
+        sock = self._sock
+        self._reader = LoopReader(loop, sock, lambda: sock.recv_multipart(zmq.NOBLOCK), self._on_request)
 
     def close(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self._fd())
-            self._loop = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._sock.close(linger=0)
 
-    def _fd(self) -> int:
-        return int(self._sock.getsockopt(zmq.FD))
-
-    def _on_readable(self) -> None:
-        sock = self._sock
-        for _ in range(_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            sock.send_multipart(self.answer(frames))
-        if self._loop is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            self._loop.call_soon(self._on_readable)
+    def _on_request(self, frames: list[bytes]) -> None:
+        self._sock.send_multipart(self.answer(frames))
 
     def answer(self, frames: list[bytes]) -> list[bytes]:
         """The reply to one ZAP request (ROUTER envelope included)."""

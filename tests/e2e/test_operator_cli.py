@@ -153,6 +153,7 @@ _DOCUMENTED: dict[str, set[str]] = {
     "stop": {"collectors"},
     "metrics": {"text"},
     "watch": {"topic", "body"},
+    "bench": {"tasks_per_s", "latency_ms", "daemon_cpu_us_per_task", "throughput_ratio", "p99_ratio", "env", "lost"},
 }
 
 
@@ -196,6 +197,7 @@ def test_json_output_parses_and_holds_the_documented_keys(bus: Bus, name: str) -
         "drain": ["drain", "json-1"],
         "undrain": ["undrain", "json-1"],
         "stop": ["stop", "json-1"],
+        "bench": ["bench", "--tasks", "50", "--in-flight", "5", "--no-baseline"],  # on a private daemon
     }.get(name, [name])
     result = _watch_one(bus) if name == "watch" else bus.ctl("--json", *args)
     data = _json(result)
