@@ -46,7 +46,8 @@ class TaskRecord:
         return self.state in IN_FLIGHT
 
     def info(self) -> TaskInfo:
-        return TaskInfo(
+        """The public view of the task, built without validation: every field is the record's own."""
+        return TaskInfo.model_construct(
             task_id=self.task_id,
             operation=self.request.operation,
             priority=self.request.priority,

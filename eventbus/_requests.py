@@ -8,7 +8,7 @@ builds a body or reads a reply itself.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -117,7 +117,7 @@ def submit(operation: str, payload: Any = None, **fields: Any) -> Call[str]:
 
 def new_task_id() -> str:
     """A task id chosen by the client (as the daemon would choose it), so a wait can ask for it after a reset."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from eventbus._loopsock import LoopReader
 from eventbus.errors import ConfigError, SocketInUse
 from eventbus.paths import endpoint
 from eventbus.peers import AccessPolicy, Peer, PeerCache
+from eventbus.wire import batches
 from eventbus.zap import DOMAIN, ZapHandler
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ FLUSH_RETRY_MAX_S = 0.1
 PIPE_HWM = 64
 #: inbound frames libzmq buffers per peer before it stops reading that peer
 RECV_HWM = 256
+#: peers remembered as reading batch frames (past it the memory starts over)
+MAX_BATCHING_PEERS = 65_536
 
 OnMessage = Callable[[bytes, list[bytes], Peer], None]
 
@@ -68,6 +71,7 @@ class Broker:
         self.path = path
         self._on_message: OnMessage = _unset
         self._on_unreachable: Callable[[bytes], None] | None = None
+        self._on_undelivered: Callable[[bytes, int], None] | None = None
         self._max_message_size = max_message_size
         self._peer_queue_limit = peer_queue_limit
         self._peer_byte_limit = max_pending_bytes_per_peer
@@ -84,6 +88,10 @@ class Broker:
         self._reader: LoopReader[list[zmq.Frame]] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_delay = FLUSH_RETRY_S
+        #: peers that read batch frames, and what they were sent this loop iteration (sent as one frame)
+        self._batching: set[bytes] = set()
+        self._outbox: dict[bytes, list[bytes]] = {}
+        self._outbox_scheduled = False
         self.received = 0
         self.sent = 0
         self.dropped = 0
@@ -96,10 +104,16 @@ class Broker:
         loop: asyncio.AbstractEventLoop,
         on_message: OnMessage,
         on_unreachable: Callable[[bytes], None] | None = None,
+        on_undelivered: Callable[[bytes, int], None] | None = None,
     ) -> None:
-        """Lock the path, bind with a restrictive umask, and start handing messages to ``on_message``."""
+        """Lock the path, bind with a restrictive umask, and start handing messages to ``on_message``.
+
+        ``on_unreachable(identity)`` is called when a peer is found gone; ``on_undelivered(identity, n)``
+        when ``n`` messages that :meth:`send` had accepted for a batching peer could not be delivered.
+        """
         self._on_message = on_message
         self._on_unreachable = on_unreachable
+        self._on_undelivered = on_undelivered
         self._prepare_directory()
         self._take_lock()
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -152,6 +166,7 @@ class Broker:
             self._reader = None
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+        self._flush_outbox()
         self._flush()
         self._sock.close(linger=500)
         if self._zap is not None:
@@ -232,8 +247,43 @@ class Broker:
 
     # ---- sending -------------------------------------------------------
 
+    def batch_peer(self, identity: bytes) -> None:
+        """``identity`` reads batch frames: what it is sent in one loop iteration goes out as one frame."""
+        if len(self._batching) >= MAX_BATCHING_PEERS:
+            self._batching.clear()  # gone peers are never reported: start over (a peer only loses batching)
+        self._batching.add(identity)
+
     def send(self, identity: bytes, payload: bytes) -> bool:
-        """Queue ``payload`` for a peer; False if it was dropped (peer gone or its queue full)."""
+        """Queue ``payload`` (one encoded envelope) for a peer; False if it was dropped (peer gone or its
+        queue full). To a batching peer it is sent at the end of the loop iteration, with what else it is
+        sent meanwhile; a failure then is reported to ``on_undelivered``."""
+        if identity not in self._batching and identity not in self._outbox:
+            return self._send_frame(identity, payload)
+        if self._sock is None:
+            return False
+        box = self._outbox.get(identity)
+        if box is None:
+            self._outbox[identity] = [payload]
+        else:
+            box.append(payload)
+        if not self._outbox_scheduled and self._loop is not None:
+            self._outbox_scheduled = True
+            self._loop.call_soon(self._flush_outbox)
+        return True
+
+    def _flush_outbox(self) -> None:
+        """Send what batching peers were sent this iteration: as few frames as the size limit allows."""
+        self._outbox_scheduled = False
+        boxes, self._outbox = self._outbox, {}
+        for identity, parts in boxes.items():
+            frames = list(batches(parts, self._max_message_size))
+            for at, (frame, count) in enumerate(frames):
+                if not self._send_frame(identity, frame, count):
+                    if self._on_undelivered is not None:  # this frame, and the ones after it
+                        self._on_undelivered(identity, sum(n for _, n in frames[at:]))
+                    break
+
+    def _send_frame(self, identity: bytes, payload: bytes, messages: int = 1) -> bool:
         sock = self._sock
         if sock is None:
             return False
@@ -241,7 +291,7 @@ class Broker:
         if queue is not None:
             queued = self._queued_bytes[identity] + len(payload)
             if len(queue) >= self._peer_queue_limit or queued > self._peer_byte_limit:
-                self.dropped += 1
+                self.dropped += messages
                 if identity not in self._overflowing:  # once per episode, not per dropped message
                     self._overflowing.add(identity)
                     log.warning(
@@ -273,6 +323,7 @@ class Broker:
 
     def _peer_gone(self, identity: bytes) -> None:
         self.unreachable += 1
+        self._batching.discard(identity)
         self._queues.pop(identity, None)
         self._queued_bytes.pop(identity, None)
         self._overflowing.discard(identity)

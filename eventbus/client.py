@@ -43,7 +43,18 @@ from eventbus.errors import (
 )
 from eventbus.paths import resolve_socket_path
 from eventbus.sync_client import SyncClient
-from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE, DEPTH_HEADROOM, MAX_DEPTH, Envelope, Kind, decode, encode
+from eventbus.wire import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEPTH_HEADROOM,
+    MAX_DEPTH,
+    PROTOCOL_VERSION,
+    Envelope,
+    Kind,
+    decode,
+    decode_batch,
+    encode,
+    is_batch,
+)
 
 __all__ = [
     "RECONNECT_GRACE_S",
@@ -61,6 +72,8 @@ OnPublish = Callable[[str, dict[str, Any]], None]
 log = logging.getLogger(__name__)
 
 
+#: the protocol version the asyncio client speaks: it sends and reads batch frames
+VERSION = PROTOCOL_VERSION
 #: bytes a connection queues while its pipe to the daemon is full (the daemon is not reading)
 SEND_QUEUE_BYTES = 64 << 20
 
@@ -142,7 +155,8 @@ class Client:
         reader = self._reader = LoopReader(
             loop, sock, lambda: sock.recv(zmq.NOBLOCK), self._handle, on_error=self._socket_failed
         )
-        self._writer = LoopWriter(loop, sock, SEND_QUEUE_BYTES, reader.recheck)
+        # requests made in one loop iteration go out in one batch frame (protocol version 2)
+        self._writer = LoopWriter(loop, sock, SEND_QUEUE_BYTES, reader.recheck, batch_size=self.max_message_size)
         self._mon_reader = LoopReader(loop, mon, lambda: mon.recv_multipart(zmq.NOBLOCK), self._on_monitor)
 
     async def _disconnect(self) -> None:
@@ -206,13 +220,22 @@ class Client:
             raise DaemonUnreachable(f"not connected to eventbusd at {self.path}")
 
     def _handle(self, data: bytes) -> None:
+        limit, depth = 2 * self.max_message_size, MAX_DEPTH + DEPTH_HEADROOM
         try:
-            env = decode(data, 2 * self.max_message_size, MAX_DEPTH + DEPTH_HEADROOM)
-        except ProtocolError as exc:  # fails the request it answers, when its id can be read
-            failed = self._pending.pop(exc.correlation_id, None) if exc.correlation_id else None
-            if failed is not None and not failed.done():
-                failed.set_exception(exc)
-            return
+            items: list[Envelope | ProtocolError] = (
+                decode_batch(data, limit, depth) if is_batch(data) else [decode(data, limit, depth)]
+            )
+        except ProtocolError as exc:
+            items = [exc]
+        for item in items:
+            if isinstance(item, ProtocolError):  # fails the request it answers, when its id can be read
+                failed = self._pending.pop(item.correlation_id, None) if item.correlation_id else None
+                if failed is not None and not failed.done():
+                    failed.set_exception(item)
+            else:
+                self._deliver(item)
+
+    def _deliver(self, env: Envelope) -> None:
         if env.kind is Kind.PUBLISH:
             if self._on_publish is not None and env.topic != m.SUBSCRIPTION_PING:
                 try:
@@ -240,7 +263,7 @@ class Client:
         self._pending[corr] = fut
         timer = loop.call_later(limit, _expire, fut, self.path, limit, topic)
         try:
-            if not writer.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size)):
+            if not writer.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size, VERSION)):
                 raise RequestTimeout(
                     f"eventbusd at {self.path} is not reading: {writer.queued_bytes} bytes wait to be sent ({topic})"
                 )
@@ -262,7 +285,7 @@ class Client:
         Sent synchronously, so it keeps its order relative to later requests.
         Best effort: while disconnected the message is dropped.
         """
-        data = encode(Envelope(Kind.REQUEST, "", topic, body), self.max_message_size)
+        data = encode(Envelope(Kind.REQUEST, "", topic, body), self.max_message_size, VERSION)
         if self._writer is None or not self._writer.send(data):
             log.debug("not connected, or the send queue is full; %s dropped", topic)
 

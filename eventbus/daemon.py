@@ -72,8 +72,9 @@ class Daemon:
             policy=policy,
             transport_counters=broker.counters,
             transport_pending=broker.pending,
+            batch_peer=broker.batch_peer,
         )
-        broker.start(loop, service.on_message, service.peer_gone)
+        broker.start(loop, service.on_message, service.peer_gone, service.undelivered_later)
         metrics: MetricsServer | None = None
         if settings.metrics_listen is not None:
             try:

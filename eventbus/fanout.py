@@ -102,6 +102,13 @@ class Fanout:
             elif now - sub.last_sent >= probe_every_s and self._send(peer, self._ping):
                 sub.last_sent = now
 
+    def lost(self, peer: bytes, count: int) -> None:
+        """The transport lost ``count`` messages it had taken for ``peer`` (a batch frame it could not
+        deliver): if ``peer`` subscribes, they count as lost events, announced like the others."""
+        sub = self._subscribers.get(peer)
+        if sub is not None:
+            self._lost(peer, sub, count)
+
     def _notify(self, peer: bytes, sub: _Subscriber, now: float) -> bool:
         """Tell ``peer`` how many events it lost; True once the notice is on its way."""
         notice = encode(Envelope(Kind.PUBLISH, "", DROPPED, {"dropped": sub.dropped}))
@@ -113,10 +120,10 @@ class Fanout:
         self.notices += 1
         return True
 
-    def _lost(self, peer: bytes, sub: _Subscriber) -> None:
+    def _lost(self, peer: bytes, sub: _Subscriber, count: int = 1) -> None:
         if peer not in self._subscribers:  # the send found it gone: nobody to tell
             return
         if sub.dropped == 0:
             log.warning("subscriber %r is not keeping up: its connection is full, events to it are dropped", peer)
-        sub.dropped += 1
-        self.dropped += 1
+        sub.dropped += count
+        self.dropped += count

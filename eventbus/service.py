@@ -48,7 +48,7 @@ from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, task_page
 from eventbus.settings import DaemonSettings
 from eventbus.waiters import Waiter, Waiters
-from eventbus.wire import Envelope, Kind, decode, encode, error_body, peek_id
+from eventbus.wire import Envelope, Kind, decode, decode_batch, encode, error_body, is_batch, peek_id
 
 if TYPE_CHECKING:
     from eventbus.metrics import Exporter
@@ -73,6 +73,7 @@ class Service:
         policy: AccessPolicy,
         transport_counters: Callable[[], dict[str, int]] = dict,
         transport_pending: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        batch_peer: Callable[[bytes], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -88,6 +89,8 @@ class Service:
         self._policy = policy
         self._transport_counters = transport_counters
         self._transport_pending = transport_pending
+        #: tells the transport that a peer reads batch frames (it spoke protocol version 2)
+        self._batch_peer = batch_peer
         #: error replies sent, by error code
         self.rejected: Counter[str] = Counter()
         self._exporter: Exporter | None = None
@@ -137,11 +140,29 @@ class Service:
                 ),
             )
             return
+        data = frames[0]
         try:
-            env = decode(frames[0], self._max)
+            if is_batch(data):
+                items = decode_batch(data, self._max)
+            else:
+                env = decode(data, self._max)
+                if env.version >= 2:
+                    self._batch_peer(identity)
+                self._handle(identity, env)
+                return
         except ProtocolError as exc:
             self._bad_frame(identity, exc)
             return
+        if any(isinstance(item, Envelope) and item.version >= 2 for item in items):
+            self._batch_peer(identity)  # a batch of garbage (or of version-1 envelopes) declares nothing
+        for item in items:  # each envelope of a batch counts alone
+            if isinstance(item, ProtocolError):
+                self._bad_frame(identity, item)
+            else:
+                self._handle(identity, item)
+
+    def _handle(self, identity: bytes, env: Envelope) -> None:
+        peer = self._sender
         if env.kind is not Kind.REQUEST:
             self._reply_error(identity, env, InvalidRequest(f"the daemon only takes requests, not {env.kind.value}"))
             return
@@ -279,6 +300,19 @@ class Service:
             exc = ShuttingDown(f"the daemon stopped before task {task_id} finished: its fate is unknown")
             self._reply_error(w.identity, Envelope(Kind.REQUEST, w.correlation_id, w.topic), exc)
         return len(taken)
+
+    def undelivered_later(self, identity: bytes, count: int) -> None:
+        """The transport could not deliver ``count`` messages it had taken for ``identity``.
+
+        To a collector, those may be dispatches: it is treated as dead until it heartbeats
+        again, so its attempts are redelivered now instead of after a timeout.
+        """
+        self.undelivered += count
+        self.fanout.lost(identity, count)
+        cid = identity.decode(errors="replace")
+        if self.owners.route(cid) == identity:
+            log.warning("messages to collector_id=%s were not delivered; it is suspended until it heartbeats", cid)
+            self.perform(self.distributor.suspect(cid, self._clock()))
 
     def peer_gone(self, identity: bytes) -> None:
         """The transport reports a peer as unreachable: forget its subscriptions."""

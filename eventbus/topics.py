@@ -11,9 +11,19 @@ MAX_LENGTH = 255
 _SEGMENT = re.compile(r"[a-z0-9_-]+\Z")
 
 
+#: topics already found valid (most messages repeat a few topics); cleared when full
+_VALID_TOPICS: set[str] = set()
+_VALID_TOPICS_MAX = 4096
+
+
 def validate_topic(topic: str) -> str:
     """Return ``topic`` if it is a valid concrete topic, else raise :class:`InvalidTopic`."""
+    if topic in _VALID_TOPICS:
+        return topic
     _check(topic, wildcards=False)
+    if len(_VALID_TOPICS) >= _VALID_TOPICS_MAX:
+        _VALID_TOPICS.clear()
+    _VALID_TOPICS.add(topic)
     return topic
 
 

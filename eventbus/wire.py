@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import io
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,14 @@ import msgpack
 from eventbus.errors import BadVersion, ProtocolError, TooDeep, TooLarge, UnknownKind
 from eventbus.topics import validate_topic
 
-PROTOCOL_VERSION = 1
+#: the highest protocol version this side speaks. Version 2 adds batch frames (several envelopes in
+#: one frame); envelopes are the same in both. A peer that sends a ``v: 2`` envelope or a batch frame
+#: may be sent batch frames; the daemon writes ``v: 1`` in what it sends, which every peer reads.
+PROTOCOL_VERSION = 2
+#: the envelope versions read
+VERSIONS = (1, 2)
+#: envelopes in one batch frame, at most
+MAX_BATCH = 1024
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 MAX_ID_LENGTH = 64
 #: maps and arrays a frame sent to the daemon may nest, the envelope map counted as level 1
@@ -47,18 +56,20 @@ class Envelope:
     id: str
     topic: str
     body: dict[str, Any] = field(default_factory=dict)
-    #: size of the frame it was decoded from (0 for envelopes built locally)
+    #: size of the frame (or, in a batch frame, of the envelope) it was decoded from (0 when built locally)
     size: int = field(default=0, compare=False)
     #: estimated memory of the decoded message: its size plus ELEMENT_COST per map or array
     #: element (a 1 MiB frame of empty maps decodes to ~70 MB of Python objects)
     weight: int = field(default=0, compare=False)
+    #: the ``v`` it was decoded with
+    version: int = field(default=1, compare=False)
 
 
-def encode(env: Envelope, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+def encode(env: Envelope, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, version: int = 1) -> bytes:
     """Serialise an envelope; :class:`TooLarge` past ``max_size``, :class:`ProtocolError` if unencodable."""
     try:
         data: bytes = msgpack.packb(
-            {"v": PROTOCOL_VERSION, "kind": env.kind.value, "id": env.id, "topic": env.topic, "body": env.body},
+            {"v": version, "kind": env.kind.value, "id": env.id, "topic": env.topic, "body": env.body},
             use_bin_type=True,
         )
     except (TypeError, ValueError, OverflowError) as exc:
@@ -76,7 +87,86 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int
     """
     if len(data) > max_size:
         raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}", correlation_id=peek_id(data))
-    raw = _unpack(data, max_depth)
+    return _envelope(_unpack(data, max_depth), data, 0, len(data), max_depth)
+
+
+def is_batch(data: bytes) -> bool:
+    """Whether a frame is a batch frame (a msgpack array of envelopes) rather than one envelope."""
+    return bool(data) and (0x90 <= data[0] <= 0x9F or data[0] in (0xDC, 0xDD))
+
+
+def decode_batch(
+    data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int = MAX_DEPTH
+) -> list[Envelope | ProtocolError]:
+    """Parse a batch frame: its envelopes in order, each checked as :func:`decode` checks a frame.
+
+    An envelope that fails its checks is returned as its error, and the others
+    still count; a frame that cannot be read as a batch at all raises.
+    """
+    if len(data) > max_size:
+        raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, ext_hook=_refuse_ext, max_buffer_size=len(data) or 1)
+    unpacker.feed(data)
+    try:
+        count = unpacker.read_array_header()
+    except Exception as exc:
+        raise ProtocolError(f"frame is not valid msgpack: {_why(exc)}") from exc
+    if not 1 <= count <= MAX_BATCH:
+        raise ProtocolError(f"a batch frame holds 1 to {MAX_BATCH} envelopes, not {count}")
+    out: list[Envelope | ProtocolError] = []
+    start = unpacker.tell()
+    for _ in range(count):
+        raw = _unpack_next(unpacker, max_depth)
+        end = unpacker.tell()
+        try:
+            out.append(_envelope(raw, data, start, end, max_depth))
+        except ProtocolError as exc:
+            out.append(exc)
+        start = end
+    if start != len(data):
+        raise ProtocolError(f"{len(data) - start} bytes follow the {count} envelopes of a batch frame")
+    return out
+
+
+def encode_batch(parts: list[bytes]) -> bytes:
+    """A batch frame of already encoded envelopes (no re-encoding: an array header, then the parts)."""
+    n = len(parts)
+    head = (
+        bytes([0x90 | n])
+        if n < 16
+        else b"\xdc" + n.to_bytes(2, "big")
+        if n < 1 << 16
+        else b"\xdd" + n.to_bytes(4, "big")
+    )
+    return head + b"".join(parts)
+
+
+def batches(parts: list[bytes], max_size: int) -> Iterator[tuple[bytes, int]]:
+    """``(frame, envelopes in it)``: ``parts`` (encoded envelopes) in as few frames as ``max_size`` and
+    :data:`MAX_BATCH` allow; one part alone is sent as itself, not as a batch of one."""
+    start = 0
+    while start < len(parts):
+        end, size = start + 1, len(parts[start]) + 5
+        while end < len(parts) and end - start < MAX_BATCH and size + len(parts[end]) <= max_size:
+            size += len(parts[end])
+            end += 1
+        yield (parts[start] if end - start == 1 else encode_batch(parts[start:end])), end - start
+        start = end
+
+
+def _unpack_next(unpacker: msgpack.Unpacker, max_depth: int) -> Any:
+    try:
+        return unpacker.unpack()
+    except msgpack.StackError as exc:
+        raise _too_deep(max_depth, "") from exc
+    except _ExtTypeFound as exc:
+        raise ProtocolError(str(exc)) from exc
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"frame is not valid msgpack: {_why(exc)}") from exc
+
+
+def _envelope(raw: Any, data: bytes, start: int, end: int, max_depth: int) -> Envelope:
+    """Check a decoded envelope that took ``data[start:end]``."""
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     corr = raw.get("id")
@@ -85,12 +175,12 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int
     levels, elements = measure(raw, max_depth)
     if levels > max_depth:
         raise _too_deep(max_depth, corr)
-    if any(head in data for head in _TIMESTAMP_HEADS) and _holds_timestamp(raw):
+    if _TIMESTAMP_HEAD.search(data, start, end) is not None and _holds_timestamp(raw):
         raise ProtocolError(f"{_NO_EXT} (found a timestamp, ext type -1)", correlation_id=corr)
     version = raw.get("v")
-    if version != PROTOCOL_VERSION:
+    if version not in VERSIONS or type(version) is not int:
         raise BadVersion(
-            f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})",
+            f"protocol version {version!r} is not supported (this side speaks {', '.join(map(str, VERSIONS))})",
             correlation_id=corr,
         )
     kind = _KINDS.get(raw.get("kind"))  # type: ignore[arg-type]
@@ -107,13 +197,16 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_depth: int
     extra = set(raw) - {"v", "kind", "id", "topic", "body"}
     if extra:
         raise ProtocolError(f"unknown envelope fields: {sorted(extra)}", correlation_id=corr)
-    return Envelope(kind, corr, topic, body, len(data), len(data) + ELEMENT_COST * elements)  # type: ignore[arg-type]
+    size = end - start
+    return Envelope(kind, corr, topic, body, size, size + ELEMENT_COST * elements, version)  # type: ignore[arg-type]
 
 
 _NO_EXT = "msgpack ext types are not part of the protocol"
 #: how a msgpack timestamp starts (fixext 4, fixext 8, ext 8 of 12 bytes, each of type -1): msgpack
 #: decodes timestamps itself, without the ext hook, so a frame holding one of these is searched
 _TIMESTAMP_HEADS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+#: one search for any of them (a frame without one is never walked)
+_TIMESTAMP_HEAD = re.compile(b"|".join(re.escape(h) for h in _TIMESTAMP_HEADS))
 
 
 class _ExtTypeFound(ValueError):

@@ -137,3 +137,12 @@ def test_unsubscribing_from_every_pattern_forgets_the_subscriber(net: Net) -> No
     net.now += 5
     net.fanout.upkeep(1.0)
     assert net.got[A] == []
+
+
+def test_messages_the_transport_lost_later_are_announced_to_a_subscriber(net: Net) -> None:
+    net.fanout.add(A, ["events.#"])
+    net.fanout.lost(A, 3)  # a batch frame of 3 could not be delivered
+    net.fanout.lost(B, 2)  # not a subscriber: nothing to announce
+    net.fanout.publish("events.task.queued.echo", {})
+    assert net.got[A] == [(m.SUBSCRIPTION_DROPPED, {"dropped": 3}), ("events.task.queued.echo", {})]
+    assert net.fanout.dropped == 3

@@ -276,8 +276,17 @@ def test_deadline_expires_a_pending_task() -> None:
     assert "depends on" in info.error.message
 
 
+class _LongestBackoff(random.Random):
+    """Full jitter that always draws the cap: the retry surely waits past the deadline."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
 def test_deadline_expires_a_retrying_task() -> None:
-    dist = TaskDistributor(DistributorConfig(retry_backoff_base_ms=60_000, retry_backoff_max_ms=60_000))
+    dist = TaskDistributor(
+        DistributorConfig(retry_backoff_base_ms=60_000, retry_backoff_max_ms=60_000), rng=_LongestBackoff()
+    )
     dist.register(cap("a"), 0.0)
     tid, actions = dist.submit(TaskRequest(operation="work", deadline=1.0), 0.0)
     dist.complete(result(dispatches(actions)[0], success=False), 0.1)

@@ -8,7 +8,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventbus.errors import BadVersion, EventBusError, ProtocolError, TooDeep, TooLarge, UnknownKind, error_from_code
-from eventbus.wire import MAX_DEPTH, PROTOCOL_VERSION, Envelope, Kind, check_value, decode, depth, encode
+from eventbus.wire import (
+    MAX_BATCH,
+    MAX_DEPTH,
+    PROTOCOL_VERSION,
+    Envelope,
+    Kind,
+    batches,
+    check_value,
+    decode,
+    decode_batch,
+    depth,
+    encode,
+    encode_batch,
+    is_batch,
+)
 
 segment = st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True)
 topics = st.lists(segment, min_size=1, max_size=8).map(".".join)
@@ -50,7 +64,7 @@ def _raw(**fields: object) -> bytes:
 
 def test_wrong_version_is_bad_version_and_keeps_the_correlation_id() -> None:
     with pytest.raises(BadVersion) as err:
-        decode(_raw(v=2))
+        decode(_raw(v=3))
     assert err.value.correlation_id == "c1"
     assert err.value.code == "bad_version"
 
@@ -169,3 +183,60 @@ def test_a_msgpack_ext_type_anywhere_is_bad_frame_with_the_id(value: object) -> 
 def test_bytes_that_look_like_a_timestamp_header_are_taken() -> None:
     body = {"payload": [b"\xd6\xff", "\xd6\xff", b"\xc7\x0c\xff"]}
     assert decode(_raw(body=body)).body == body
+
+
+# ---- batch frames (protocol version 2) ---------------------------------------
+
+
+@given(st.lists(envelopes, min_size=1, max_size=40), st.integers(min_value=300, max_value=4096))
+def test_any_list_of_valid_envelopes_survives_batching(envs: list[Envelope], max_size: int) -> None:
+    parts = [encode(e, version=2) for e in envs]
+    back: list[Envelope | ProtocolError] = []
+    for frame, count in batches(parts, max_size):
+        got = decode_batch(frame) if is_batch(frame) else [decode(frame)]
+        assert len(got) == count
+        assert len(frame) <= max_size or count == 1  # one envelope alone may be as large as it is
+        back += got
+    assert back == envs
+    assert all(isinstance(e, Envelope) and e.version == 2 for e in back)
+
+
+def test_a_bad_envelope_in_a_batch_fails_alone_with_its_id() -> None:
+    good = encode(Envelope(Kind.REQUEST, "a", "a.b", {"n": 1}), version=2)
+    bad = _raw(id="b", topic="Not A Topic")
+    worse = msgpack.packb([1, 2])  # not even a map
+    items = decode_batch(encode_batch([good, bad, worse, good]))
+    assert isinstance(items[0], Envelope) and isinstance(items[3], Envelope)
+    assert isinstance(items[1], ProtocolError) and items[1].correlation_id == "b" and items[1].code == "bad_topic"
+    assert isinstance(items[2], ProtocolError)
+    assert items[0].size == len(good)  # each envelope's own size, not the frame's
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"\x90", "1 to"),  # empty
+        (b"\xdd" + (MAX_BATCH + 1).to_bytes(4, "big"), "1 to"),
+        (encode_batch([_raw()]) + b"\xc0", "follow"),
+        (b"\x92\xc1\xc1", "not valid msgpack"),
+    ],
+)
+def test_a_frame_that_is_no_batch_is_refused_whole(frame: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        decode_batch(frame)
+
+
+def test_batches_respect_the_size_and_count_limits() -> None:
+    parts = [encode(Envelope(Kind.REQUEST, str(i), "a.b", {"pad": "x" * 100})) for i in range(3000)]
+    frames = list(batches(parts, 10_000))
+    assert sum(n for _, n in frames) == 3000
+    assert all(len(f) <= 10_000 and n <= MAX_BATCH for f, n in frames)
+    [(alone, count)] = list(batches(parts[:1], 10_000))
+    assert (alone, count) == (parts[0], 1) and not is_batch(alone)
+
+
+def test_version_1_and_2_envelopes_are_read_and_others_refused() -> None:
+    assert decode(_raw(v=1)).version == 1
+    assert decode(_raw(v=2)).version == 2
+    with pytest.raises(BadVersion):
+        decode(_raw(v=True))
