@@ -15,6 +15,7 @@ from eventbus.errors import InvalidRequest
 
 # request topics (client -> daemon)
 SUBMIT = "control.task.submit"
+BATCH = "control.task.batch"
 GET = "control.task.get"
 CANCEL = "control.task.cancel"
 LIST = "control.task.list"
@@ -70,6 +71,20 @@ class SubmitWait(_Body):
 
 #: the keys of :class:`SubmitWait`, taken out of a submit body before the TaskRequest is read
 SUBMIT_WAIT_KEYS = ("wait", "wait_s")
+
+
+#: submit specs in one ``control.task.batch``, at most (larger lists are sent as several batches)
+MAX_BATCH_TASKS = 1024
+
+
+class BatchBody(SubmitWait):
+    """``control.task.batch``: many submit specs (TaskRequest bodies, read one by one) and whether to wait.
+
+    With ``wait``, the results follow the first reply as the tasks become final,
+    in further replies with the same id (docs/PROTOCOL.md).
+    """
+
+    tasks: list[Any] = Field(min_length=1, max_length=MAX_BATCH_TASKS)
 
 
 class GetBody(_Body):

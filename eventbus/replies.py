@@ -15,7 +15,7 @@ import msgpack
 
 from distributor.models import TaskInfo
 from eventbus.errors import TooLarge
-from eventbus.wire import Envelope, Kind, encode
+from eventbus.wire import Envelope, Kind, encode, error_body
 
 #: the longest cursor the daemon hands out (a decimal position)
 _CURSOR_ROOM = 20
@@ -110,6 +110,42 @@ def task_page(
         tasks.append(item)
         used, last = used + size, cursor
     return {"tasks": tasks, "next": None, "truncated": truncated}
+
+
+def item_frames(corr: str, topic: str, items: list[dict[str, Any]], remaining: int, max_size: int) -> list[bytes]:
+    """Reply frames ``{items, remaining}`` carrying ``items`` in order, in as few frames as fit ``max_size``.
+
+    Each frame's ``remaining`` counts what is still to come after it (those in
+    later frames plus ``remaining``). A task record too large for a frame
+    alone is sent cut (see :func:`cut_task`); an item that does not fit even
+    so becomes a ``too_large`` error item.
+    """
+    try:
+        return [encode(Envelope(Kind.REPLY, corr, topic, {"items": items, "remaining": remaining}), max_size)]
+    except TooLarge:
+        pass
+    room = max_size - _frame_size(corr, topic, {"items": [], "remaining": remaining + len(items)}) - _HEADER_GROWTH
+    chunks: list[list[dict[str, Any]]] = [[]]
+    used = 0
+    for item in items:
+        size = packed_size(item)
+        if size > room and isinstance(item.get("task"), dict):
+            item = {**item, "task": cut_task(item["task"])}
+            size = packed_size(item)
+        if size > room:
+            why = f"this item does not fit a reply of {max_size} bytes"
+            item = {"index": item.get("index"), "error": error_body(TooLarge.code, why)}
+            size = packed_size(item)
+        if used + size > room and chunks[-1]:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(item)
+        used += size
+    frames, after = [], remaining + len(items)
+    for chunk in chunks:
+        after -= len(chunk)
+        frames.append(encode(Envelope(Kind.REPLY, corr, topic, {"items": chunk, "remaining": after}), max_size))
+    return frames
 
 
 def _frame_size(corr: str, topic: str, body: dict[str, Any]) -> int:

@@ -45,10 +45,10 @@ from eventbus.errors import (
 from eventbus.fanout import Fanout
 from eventbus.metrics_http import load_exporter
 from eventbus.peers import UNKNOWN, AccessPolicy, Peer
-from eventbus.replies import encode_reply, task_page
+from eventbus.replies import encode_reply, item_frames, task_page
 from eventbus.settings import DaemonSettings
-from eventbus.waiters import Waiter, Waiters
-from eventbus.wire import Envelope, Kind, decode, decode_batch, encode, error_body, is_batch, peek_id
+from eventbus.waiters import BatchWait, Waiter, Waiters
+from eventbus.wire import Envelope, Kind, decode, decode_batch, encode, error_body, is_batch, peek_id, weigh
 
 if TYPE_CHECKING:
     from eventbus.metrics import Exporter
@@ -105,12 +105,13 @@ class Service:
             to_collector=self._to_collector,
         )
         self.owners = collectors.owners
-        self._waiters = Waiters(loop, self._answer)
+        self._waiters = Waiters(loop, self._answer, self._report_batch)
         #: set by :meth:`close`: the daemon is stopping and takes no new work
         self.closing = False
         self._max = settings.max_message_size
         self._exact: dict[str, Handler] = {
             m.SUBMIT: self._submit,
+            m.BATCH: self._batch,
             m.GET: self._get,
             m.CANCEL: self._cancel,
             m.LIST: self._list,
@@ -297,7 +298,8 @@ class Service:
         """Answer every request still waiting on a task with ``shutting_down``; returns how many there were."""
         taken = self._waiters.take_all()
         for task_id, w in taken:
-            exc = ShuttingDown(f"the daemon stopped before task {task_id} finished: its fate is unknown")
+            what = "the tasks of this batch" if isinstance(w, BatchWait) else f"task {task_id}"
+            exc = ShuttingDown(f"the daemon stopped before {what} finished: its fate is unknown")
             self._reply_error(w.identity, Envelope(Kind.REQUEST, w.correlation_id, w.topic), exc)
         return len(taken)
 
@@ -322,21 +324,75 @@ class Service:
     # ---- client verbs --------------------------------------------------
 
     def _submit(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:
-        if env.size + DISPATCH_OVERHEAD > self._max:
-            raise TooLarge(
-                f"a task of {env.size} bytes leaves no room for the dispatch envelope "
-                f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
-            )
         body, wait = env.body, None
         if "wait" in body or "wait_s" in body:
             body = dict(body)
             wait = m.parse(m.SubmitWait, {k: body.pop(k) for k in m.SUBMIT_WAIT_KEYS if k in body})
-        request = m.parse(TaskRequest, body)
-        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid, size=env.weight)
-        self.perform(actions)
+        task_id, request = self._take(body, env.size, env.weight)
         if wait is None or not wait.wait:
             return {"task_id": task_id}
         return self._hold(identity, env, task_id, wait.wait_s, request.operation)
+
+    def _take(self, body: dict[str, Any], size: int, weight: int) -> tuple[str, TaskRequest]:
+        """Validate and submit one task (``size`` bytes on the wire, ``weight`` in memory): its id and request."""
+        if size + DISPATCH_OVERHEAD > self._max:
+            raise TooLarge(
+                f"a task of {size} bytes leaves no room for the dispatch envelope "
+                f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
+            )
+        request = m.parse(TaskRequest, body)
+        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid, size=weight)
+        self.perform(actions)
+        return task_id, request
+
+    def _batch(self, identity: bytes, env: Envelope, _: str) -> None:
+        """Submit each spec on its own: one that fails is answered with its error and index, the rest are taken."""
+        batch = m.parse(m.BatchBody, env.body)
+        items: list[dict[str, Any]] = []
+        taken: dict[str, int] = {}
+        for index, spec in enumerate(batch.tasks):
+            try:
+                if not isinstance(spec, dict):
+                    raise InvalidRequest(f"a task spec must be a map, got {type(spec).__name__}")
+                task_id, request = self._take(spec, *weigh(spec))
+            except EventBusError as exc:
+                self.rejected[exc.code] += 1
+                items.append({"index": index, "error": error_body(exc.code, f"tasks[{index}]: {exc.message}")})
+                continue
+            item: dict[str, Any] = {"index": index, "task_id": task_id}
+            if batch.wait and not self.distributor.registry.offered(request.operation):
+                item["offered"] = False
+            items.append(item)
+            taken[task_id] = index
+        if env.id:  # the items in as many replies as the frame limit needs, each with what is still to come
+            self._send_items(identity, env.id, env.topic, items, len(taken) if batch.wait else 0)
+        if batch.wait and taken and env.id:
+            self._wait_batch(BatchWait(identity, env.id, env.topic, taken), batch.wait_s)
+
+    def _wait_batch(self, batch: BatchWait, wait_s: float) -> None:
+        """Report the batch's tasks as they become final (those final already at once), or all now past the limit."""
+        for task_id, index in list(batch.pending.items()):
+            if self.distributor.get(task_id).state.terminal:
+                batch.ready.append((index, task_id))
+                del batch.pending[task_id]
+        if not self._waiters.add_batch(batch, wait_s):
+            batch.ready.extend((index, task_id) for task_id, index in batch.pending.items())
+            batch.pending.clear()
+        self._waiters.schedule(batch)
+
+    def _report_batch(self, batch: BatchWait, ready: list[tuple[int, str]]) -> None:
+        """Send ``ready`` tasks' TaskInfo (in as few replies as fit the frame limit), each tagged with its index."""
+        items: list[dict[str, Any]] = []
+        for index, task_id in ready:
+            try:
+                items.append({"index": index, "task": self.distributor.get(task_id).model_dump()})
+            except EventBusError as exc:  # dropped from the history since
+                items.append({"index": index, "task_id": task_id, "error": error_body(exc.code, exc.message)})
+        self._send_items(batch.identity, batch.correlation_id, batch.topic, items, len(batch.pending))
+
+    def _send_items(self, identity: bytes, corr: str, topic: str, items: list[dict[str, Any]], remaining: int) -> None:
+        for data in item_frames(corr, topic, items, remaining, self._max):
+            self._deliver(identity, data)
 
     def _hold(
         self, identity: bytes, env: Envelope, task_id: str, wait_s: float, operation: str | None = None
@@ -445,7 +501,7 @@ class Service:
 
 
 #: verbs refused with ``shutting_down`` once the daemon is stopping: they would start new work
-_CLOSED_VERBS = frozenset({m.SUBMIT, m.REGISTER, m.ADMIN_UNDRAIN})
+_CLOSED_VERBS = frozenset({m.SUBMIT, m.BATCH, m.REGISTER, m.ADMIN_UNDRAIN})
 
 #: verbs only the daemon's uid, root and admin_uids may use (and strategy with a name)
 _ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP})

@@ -277,6 +277,13 @@ def measure(value: Any, limit: int) -> tuple[int, int]:
     return levels, elements
 
 
+def weigh(value: Any) -> tuple[int, int]:
+    """``(size, weight)`` of a value that came in a frame, as :class:`Envelope` gives them for a whole
+    message: the bytes it takes encoded, and those plus ELEMENT_COST per map or array element."""
+    size = len(msgpack.packb(value, use_bin_type=True))
+    return size, size + ELEMENT_COST * measure(value, MAX_DEPTH)[1]
+
+
 def depth(value: Any, limit: int) -> int:
     """How many levels of maps and arrays ``value`` nests, counted up to ``limit + 1`` (see :func:`measure`)."""
     return measure(value, limit)[0]

@@ -70,3 +70,30 @@ def test_a_batch_of_version_1_envelopes_is_read_but_answered_in_single_frames(bu
     finally:
         sock.close()
         ctx.term()
+
+
+def test_a_version_1_peer_gets_a_batch_of_tasks_answered_in_single_frames(bus: Bus) -> None:
+    bus.start_collector("v1-batch", "demo", "--concurrency", "50")
+    ctx, sock = _dealer(bus)
+    try:
+        specs = [{"operation": "echo", "payload": i} for i in range(100)]
+        body = {"tasks": [*specs[:50], {"operation": "no such op"}, *specs[50:]], "wait": True}
+        sock.send(encode(Envelope(Kind.REQUEST, "b1", m.BATCH, body)))
+        replies: list[Envelope] = []
+        while not replies or replies[-1].body["remaining"]:
+            assert sock.poll(10_000), f"the stream stopped after {len(replies)} replies"
+            frame = sock.recv()
+            assert not is_batch(frame)
+            replies.append(decode(frame))
+        assert {(r.id, r.kind, r.topic) for r in replies} == {("b1", Kind.REPLY, m.BATCH)}
+        items = [item for r in replies for item in r.body["items"]]
+        first, results = items[:101], items[101:]
+        assert [item["index"] for item in first] == list(range(101))
+        assert first[50]["error"]["code"] == "invalid" and first[50]["error"]["message"].startswith("tasks[50]: ")
+        assert sorted(item["index"] for item in results) == [i for i in range(101) if i != 50]
+        for item in results:
+            assert item["task"]["state"] == "succeeded"
+            assert item["task"]["result"]["value"] == (item["index"] if item["index"] < 50 else item["index"] - 1)
+    finally:
+        sock.close()
+        ctx.term()
