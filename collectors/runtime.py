@@ -27,6 +27,7 @@ from distributor.models import (
     TaskResult,
 )
 from eventbus import messages as m
+from eventbus._transport import Connector
 from eventbus.client import Client
 from eventbus.errors import DaemonUnreachable, EventBusError, ProtocolError, RequestTimeout
 from eventbus.wire import MAX_DEPTH, check_value
@@ -45,7 +46,10 @@ class _Running:
 
 
 class CollectorRuntime:
-    """Connects one collector instance to eventbusd and serves until ``stop`` is set."""
+    """Connects one collector instance to eventbusd and serves until ``stop`` is set.
+
+    ``transport`` opens its connections (default: ZeroMQ on the daemon's socket).
+    """
 
     def __init__(
         self,
@@ -56,8 +60,10 @@ class CollectorRuntime:
         concurrency: int | None = None,
         request_timeout_s: float = 5.0,
         shutdown_grace_s: float = 30.0,
+        transport: Connector | None = None,
     ) -> None:
         self.collector = collector
+        self._connector = transport
         self.collector_id = collector_id
         self.concurrency = concurrency or type(collector).max_concurrent_tasks
         self._socket = socket
@@ -91,7 +97,11 @@ class CollectorRuntime:
         """Serve until ``stop`` is set (or the daemon sends control.shutdown), then drain and leave."""
         self._stop = stop
         self._client = Client(
-            self._socket, identity=self.collector_id, on_publish=self._on_publish, timeout=self._timeout
+            self._socket,
+            identity=self.collector_id,
+            on_publish=self._on_publish,
+            timeout=self._timeout,
+            transport=self._connector,
         )
         self._session = session = Session(
             self._client,
@@ -103,6 +113,7 @@ class CollectorRuntime:
             accepting=lambda: self._accepting,
             current_tasks=lambda: len(self._running),
             resend=self._resend_outbox,
+            transport=self._connector,
         )
         heartbeat: asyncio.Task[None] | None = None
         try:
@@ -158,7 +169,7 @@ class CollectorRuntime:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=5)
-        if self._outbox and self._client.path.exists():
+        if self._outbox and self._session.daemon_gone() is None:
             await asyncio.wait([asyncio.ensure_future(self._deliver(k)) for k in list(self._outbox)])
         if self._background:
             await asyncio.wait(self._background, timeout=self._timeout)
@@ -192,7 +203,7 @@ class CollectorRuntime:
     def _start(self, body: dict[str, Any]) -> None:
         try:
             dispatch = m.DispatchBody.model_validate(body)
-            request = TaskRequest.model_validate(dispatch.task)
+            request = dispatch.task
         except Exception as exc:  # a malformed dispatch: nothing to run, nothing to answer to
             log.error("collector_id=%s: malformed dispatch ignored: %s", self.collector_id, exc)
             return

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from distributor.models import CollectorCapability
 from eventbus import messages as m
+from eventbus._transport import Connector, ZmqConnector
 from eventbus.client import Client
 from eventbus.errors import (
     DaemonUnreachable,
@@ -41,7 +42,8 @@ class Session:
     The runtime says what the session cannot know: its ``capability()``,
     whether it is still ``accepting()`` work, how many tasks run
     (``current_tasks()``), and what to do once the daemon took it back
-    (``resend()``, results waiting for an acknowledgement).
+    (``resend()``, results waiting for an acknowledgement). ``transport``
+    opens the connections (the one ``client`` uses too; default ZeroMQ).
     """
 
     def __init__(
@@ -56,8 +58,10 @@ class Session:
         accepting: Callable[[], bool],
         current_tasks: Callable[[], int],
         resend: Callable[[], None],
+        transport: Connector | None = None,
     ) -> None:
         self.client = client
+        self._connector: Connector = ZmqConnector() if transport is None else transport
         self.collector_id = collector_id
         self._stop = stop
         self._socket = socket
@@ -97,7 +101,7 @@ class Session:
         hands a routing id to its newest connection), leaving the holder deaf
         until it reconnects.
         """
-        async with Client(self._socket, timeout=self._timeout) as probe:
+        async with Client(self._socket, timeout=self._timeout, transport=self._connector) as probe:
             try:
                 reply = await probe.request(m.CLAIM, {"collector_id": self.collector_id})
             except UnknownVerb:  # a daemon older than the claim verb: register and let it decide
@@ -154,6 +158,8 @@ class Session:
                 await self.client.request(
                     f"{m.HEARTBEAT_PREFIX}.{self.collector_id}", {"current_tasks": self._current_tasks()}
                 )
+                if missed:  # the daemon is back before a reconnect: what waits for it goes now
+                    self._resend()
                 missed = 0
             except UnknownCollector:
                 log.info("collector_id=%s: daemon does not know us (restarted?); registering again", self.collector_id)
@@ -202,16 +208,20 @@ class Session:
         self.superseded = Forbidden(f"collector id {self.collector_id!r} was taken over by another process: {exc}")
         self._stop.set()
 
+    def daemon_gone(self) -> str | None:
+        """Why no daemon listens (its socket removed, connection refused), or None if one does."""
+        try:
+            self._connector.probe(self.client.path)
+        except DaemonUnreachable as exc:
+            return exc.message
+        return None
+
     async def leave_request(self, topic: str) -> bool:
         """Best effort while shutting down: a daemon that is gone (socket removed) is not waited for."""
         what = _LEAVING.get(topic, topic)
-        if not self.client.path.exists():
-            log.info(
-                "collector_id=%s: eventbusd is gone (no socket at %s); stopping without %s",
-                self.collector_id,
-                self.client.path,
-                what,
-            )
+        gone = self.daemon_gone()
+        if gone is not None:
+            log.info("collector_id=%s: eventbusd is gone (%s); stopping without %s", self.collector_id, gone, what)
             return False
         try:
             await self.client.request(topic, {"collector_id": self.collector_id}, timeout=min(self._timeout, 2.0))

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from distributor.errors import UnknownTask
 from distributor.models import TaskInfo
-from eventbus._requests import wait_chunk
+from eventbus._requests import Call, Submitted, new_task_id, submit_wait, wait_chunk
 from eventbus.errors import (
     ConnectionReset,
     DaemonRestarted,
@@ -98,8 +100,10 @@ class SyncLink:
         return True
 
     def close(self) -> None:
-        self._sock.disable_monitor()
-        self._mon.close(linger=0)
+        try:
+            self._sock.disable_monitor()
+        finally:
+            self._mon.close(linger=0)
 
 
 def reset_error(path: Path, what: str, consequence: str) -> ConnectionReset:
@@ -146,6 +150,41 @@ class TaskWait:
         self.path, self.task_id, self.timeout, self.grace = path, task_id, timeout, grace
         self.deadline = None if timeout is None else now + timeout
         self.reset = False
+
+    @classmethod
+    def run(
+        cls,
+        path: Path,
+        operation: str,
+        payload: Any,
+        fields: dict[str, Any],
+        *,
+        timeout: float | None,
+        now: float,
+        grace: float,
+        request_timeout: float,
+    ) -> tuple[TaskWait, Call[Submitted]]:
+        """The wait of a ``run`` and the submit that starts it (asking the daemon to hold the answer).
+
+        The task id is chosen here when ``fields`` names none, so the wait can ask for it again
+        after a reset. Hand the submit's answer to :meth:`submitted`, or its error to :meth:`failed`.
+        """
+        fields = dict(fields)
+        task_id = fields.pop("task_id", None) or new_task_id()
+        w = cls(path, task_id, timeout, now, grace)
+        return w, submit_wait(operation, payload, w.chunk(now), request_timeout, task_id=task_id, **fields)
+
+    def submitted(self, first: Submitted, on_unoffered: Callable[[str], None] | None) -> TaskInfo | None:
+        """The final info if the submit's answer has it, else None to go on waiting.
+
+        ``on_unoffered(task_id)`` is called first when no live collector offers the operation
+        (the task stays queued).
+        """
+        if first.info.state.terminal:
+            return first.info
+        if not first.offered and on_unoffered is not None:
+            on_unoffered(self.task_id)
+        return None
 
     def relink_within(self, now: float) -> float | None:
         """How long to wait for the connection first (None: it was not reset)."""

@@ -18,8 +18,6 @@ from typing import Any, Generic, TypeVar
 
 import zmq
 
-from eventbus.wire import batches
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -96,11 +94,7 @@ class LoopReader(Generic[T]):
 
 
 class LoopWriter:
-    """Non-blocking sends on ``sock``; when its pipe is full, messages wait in a queue bounded in bytes.
-
-    With ``batch_size``, the messages sent in one loop iteration go out together at its end, in as
-    few batch frames of at most ``batch_size`` bytes as they fit (protocol version 2).
-    """
+    """Non-blocking sends on ``sock``; when its pipe is full, messages wait in a queue bounded in bytes."""
 
     def __init__(
         self,
@@ -108,15 +102,11 @@ class LoopWriter:
         sock: zmq.Socket[Any],
         limit_bytes: int,
         after_send: Callable[[], None],
-        *,
-        batch_size: int | None = None,
     ) -> None:
         self._loop = loop
         self._sock: zmq.Socket[Any] | None = sock
         self._limit = limit_bytes
         self._after_send = after_send
-        self._batch_size = batch_size
-        self._gathered: list[bytes] = []
         self._queue: deque[bytes] = deque()
         self._queued = 0
         self._retry: asyncio.TimerHandle | None = None
@@ -127,42 +117,21 @@ class LoopWriter:
         return self._queued
 
     def send(self, data: bytes) -> bool:
-        """Send (or gather) now or queue; False when the queue is over its byte limit (nothing is sent)."""
-        if self._sock is None or self._queued + len(data) > self._limit:
-            return False
-        if self._batch_size is None:
-            return self._send(data)
-        if not self._gathered:
-            self._loop.call_soon(self._send_gathered)
-        self._gathered.append(data)
-        self._queued += len(data)
-        return True
-
-    def _send_gathered(self) -> None:
-        parts, self._gathered = self._gathered, []
-        self._queued -= sum(map(len, parts))
-        assert self._batch_size is not None
-        for frame, _ in batches(parts, self._batch_size):
-            self._send(frame, taken=True)
-
-    def _send(self, data: bytes, *, taken: bool = False) -> bool:
-        """Send now, or queue (``taken``: the bytes were already counted against the limit)."""
+        """Send now or queue; False when the queue is over its byte limit (nothing is sent)."""
         sock = self._sock
-        if sock is None:
+        if sock is None or self._queued + len(data) > self._limit:
             return False
         if self._queue:
-            return self._enqueue(data, taken)
+            return self._enqueue(data)
         try:
             sock.send(data, zmq.NOBLOCK)
         except zmq.Again:
-            return self._enqueue(data, taken)
+            return self._enqueue(data)
         finally:
             self._after_send()
         return True
 
-    def _enqueue(self, data: bytes, taken: bool) -> bool:
-        if not taken and self._queued + len(data) > self._limit:
-            return False
+    def _enqueue(self, data: bytes) -> bool:
         self._queue.append(data)
         self._queued += len(data)
         if self._retry is None:
@@ -194,6 +163,5 @@ class LoopWriter:
             self._retry.cancel()
             self._retry = None
         self._queue.clear()
-        self._gathered.clear()
         self._queued = 0
         self._sock = None

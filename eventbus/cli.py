@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import click
 
@@ -15,9 +15,24 @@ from distributor.models import CollectorInfo, TaskInfo, TaskState
 from eventbus import cliformat
 from eventbus import report as report_format
 from eventbus.client import SyncClient
-from eventbus.clitypes import FiniteFloatRange, SocketHelpGroup, check_constraints, payload_value, run_command
+from eventbus.clitypes import (
+    FiniteFloatRange,
+    SocketHelpGroup,
+    check_constraints,
+    payload_value,
+    read_specs,
+    run_command,
+)
 from eventbus.errors import EventBusError
-from eventbus.exitcodes import EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
+from eventbus.exitcodes import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_TASK_FAILED,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    exit_code_for,
+)
 from eventbus.messages import SUBSCRIPTION_DROPPED, TaskPage
 from eventbus.settings import ClientSettings, click_options, load_settings
 
@@ -159,6 +174,86 @@ def submit(
         _print_final(ctx, out)
     else:
         _emit(ctx, {"task_id": out}, lambda: click.echo(out))
+
+
+@main.command()
+@click.argument("source", type=click.File("r"), metavar="FILE|-")
+@click.option("--wait", is_flag=True, help="wait for every task and print the results in input order")
+@click.option(
+    "--wait-timeout", type=FiniteFloatRange(min=0, min_open=True), help="with --wait: give up after N seconds"
+)
+@click.pass_obj
+def batch(ctx: _Ctx, source: TextIO, wait: bool, wait_timeout: float | None) -> None:
+    """Submit many tasks at once: one JSON object per line, each a submit body.
+
+    \b
+    A spec has the fields of control.task.submit (docs/PROTOCOL.md):
+      {"operation": "echo", "payload": {"n": 1}, "priority": 7, "task_id": "job-1"}
+    Prints one JSON line per spec, in input order: {"index", "task_id"}, or
+    {"index", "error": {code, message}} for a spec the daemon refused (the
+    others are still taken). With --wait: {"index", "task_id", "state",
+    "value"} per task once final (with --json, the whole task record).
+
+    Exit 0 when every spec was taken (and, with --wait, succeeded); else one
+    line on stderr counts what went wrong and names the first, and the exit
+    code is the gravest: 3 the daemon went away (those tasks' fate is
+    unknown), 4 a spec was refused, 5 --wait-timeout passed first
+    (unfinished tasks print in their current state), 1 a task failed, was
+    cancelled or expired.
+
+    Example: eventbusctl batch jobs.jsonl --wait
+    """
+    specs = read_specs(source, "FILE")
+    #: what went wrong, by exit code: (how many, the first one's error code and message)
+    trouble: dict[int, tuple[int, str, str]] = {}
+
+    def note(exit_code: int, code: str, message: str) -> None:
+        count, first_code, first = trouble.get(exit_code, (0, code, message))
+        trouble[exit_code] = (count + 1, first_code, first)
+
+    def line(index: int, outcome: str | TaskInfo | EventBusError) -> None:
+        if isinstance(outcome, EventBusError):
+            note(exit_code_for(outcome.code), outcome.code, outcome.message)
+            item: dict[str, Any] = {"index": index, "error": {"code": outcome.code, "message": outcome.message}}
+        elif isinstance(outcome, str):
+            item = {"index": index, "task_id": outcome}
+        else:
+            if not outcome.state.terminal:
+                note(EXIT_TIMEOUT, "timeout", f"task {outcome.task_id} is still {outcome.state.value}")
+            elif outcome.state is not TaskState.SUCCEEDED:
+                err = outcome.error
+                why = f"{err.type}: {err.message}" if err else "no error recorded"
+                note(EXIT_TASK_FAILED, "task_failed", f"task {outcome.task_id} {outcome.state.value}: {why}")
+            item = {"index": index, **(outcome.model_dump(mode="json") if ctx.json else cliformat.outcome(outcome))}
+        click.echo(json.dumps(item, default=repr))
+
+    def call(client: SyncClient) -> None:
+        outcomes = client.run_many(specs, timeout=wait_timeout) if wait else iter(client.submit_many(specs))
+        for index, outcome in enumerate(outcomes):
+            line(index, outcome)
+
+    _run(ctx, call)
+    for exit_code in (EXIT_UNREACHABLE, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE):
+        if exit_code in trouble:
+            count, code, first = trouble[exit_code]
+            _fail(
+                ctx,
+                code,
+                f"{count} of {len(specs)} task specs: {_BATCH_TROUBLE[exit_code]} (first: {first})",
+                exit_code,
+            )
+    if EXIT_TASK_FAILED in trouble:
+        count, _, first = trouble[EXIT_TASK_FAILED]
+        click.echo(f"eventbusctl: {count} of {len(specs)} tasks did not succeed (first: {first})", err=True)
+        sys.exit(EXIT_TASK_FAILED)
+
+
+_BATCH_TROUBLE = {
+    EXIT_UNREACHABLE: "fate unknown, the daemon went away",
+    EXIT_REJECTED: "refused by the daemon",
+    EXIT_TIMEOUT: "not final within --wait-timeout",
+    EXIT_USAGE: "not taken",
+}
 
 
 def _print_final(ctx: _Ctx, info: TaskInfo) -> None:

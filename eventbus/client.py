@@ -1,40 +1,44 @@
 """Clients of eventbusd: :class:`SyncClient` (blocking) and :class:`Client` (asyncio).
 
-Both speak request/reply over a DEALER socket with correlation ids and
-timeouts, and receive published events for the patterns they subscribed to.
-The verbs are described once in :mod:`eventbus._requests`; this module holds
-the asyncio client, :mod:`eventbus.sync_client` the blocking one.
+Both speak request/reply with correlation ids and timeouts, and receive
+published events for the patterns they subscribed to. The verbs are
+described once in :mod:`eventbus._requests`; this module holds the asyncio
+client, :mod:`eventbus.sync_client` the blocking one. The asyncio client
+reaches the daemon through a :class:`~eventbus._transport.Transport`
+(ZeroMQ unless told otherwise) and holds only the logic: pending requests,
+timeouts, the connection's state, batching and publish dispatch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-
-import zmq
 
 from distributor.models import CollectorInfo, TaskInfo
 from eventbus import _requests as rq
 from eventbus import messages as m
-from eventbus._link import (
-    MONITORED_EVENTS,
-    UNKNOWN_OUTCOME,
-    TaskWait,
-    link_event,
-    not_back,
-    reset_error,
-)
-from eventbus._loopsock import LoopReader, LoopWriter
+from eventbus._batch import Batch, Part
+from eventbus._link import UNKNOWN_OUTCOME, TaskWait, not_back, reset_error
 from eventbus._requests import WAIT_CHUNK_S, list_body, submit_body
-from eventbus._transport import RECONNECT_GRACE_S, Ids, dealer, probe
+from eventbus._transport import (
+    RECONNECT_GRACE_S,
+    Connector,
+    Ids,
+    LinkEvents,
+    Transport,
+    ZmqConnector,
+    probe,
+    translate,
+    zmq_errors,
+)
 from eventbus.errors import (
     ConnectionReset,
+    DaemonRestarted,
     DaemonUnreachable,
     EventBusError,
     Forbidden,
@@ -50,6 +54,7 @@ from eventbus.wire import (
     PROTOCOL_VERSION,
     Envelope,
     Kind,
+    batches,
     decode,
     decode_batch,
     encode,
@@ -74,8 +79,6 @@ log = logging.getLogger(__name__)
 
 #: the protocol version the asyncio client speaks: it sends and reads batch frames
 VERSION = PROTOCOL_VERSION
-#: bytes a connection queues while its pipe to the daemon is full (the daemon is not reading)
-SEND_QUEUE_BYTES = 64 << 20
 
 
 def _expire(fut: asyncio.Future[Envelope], path: Path, limit: float, topic: str) -> None:
@@ -83,15 +86,38 @@ def _expire(fut: asyncio.Future[Envelope], path: Path, limit: float, topic: str)
         fut.set_exception(RequestTimeout(f"no answer from eventbusd at {path} within {limit:g}s ({topic})"))
 
 
-def _same(exc: EventBusError) -> EventBusError:
-    return exc
+def _fail(fut: asyncio.Future[Envelope] | None, exc: BaseException) -> None:
+    if fut is not None and not fut.done():
+        fut.set_exception(exc)
+
+
+class _Broken:
+    """Why the connection is unusable until :meth:`Client.connect` or :meth:`Client.reconnect`."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        self.message, self.cause = message, cause
+
+    def error(self) -> DaemonUnreachable:
+        """A fresh error each time (an exception raised twice would pile up tracebacks)."""
+        exc = DaemonUnreachable(self.message)
+        exc.__cause__ = self.cause
+        return exc
 
 
 class Client:
     """asyncio client; also the transport of the collector SDK.
 
     ``on_publish(topic, body)`` is called for every event or command the
-    daemon pushes to this connection.
+    daemon pushes to this connection. ``transport`` opens the connection
+    (default: ZeroMQ on the daemon's socket; tests pass an in-memory one).
+
+    Requests made in one turn of the event loop go out together, in one batch
+    frame (protocol version 2). A request waiting for its answer fails with
+    :class:`ConnectionReset` when the daemon goes away; one made while the
+    connection is down waits up to ``reconnect_grace`` for a daemon to take it
+    back. Once the connection itself failed or was closed, every request fails
+    at once with :class:`DaemonUnreachable` (naming the cause) until
+    :meth:`connect` or :meth:`reconnect` opens a new one.
     """
 
     def __init__(
@@ -103,6 +129,7 @@ class Client:
         on_publish: OnPublish | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         reconnect_grace: float = RECONNECT_GRACE_S,
+        transport: Connector | None = None,
     ) -> None:
         self.path = resolve_socket_path(socket)
         self.timeout = timeout
@@ -110,18 +137,19 @@ class Client:
         self._identity = identity
         self._on_publish = on_publish
         self.max_message_size = max_message_size
+        self._connector: Connector = ZmqConnector() if transport is None else transport
         self._ids = Ids()
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
-        self._ctx: zmq.Context[Any] | None = None
-        self._sock: zmq.Socket[Any] | None = None
-        self._reader: LoopReader[bytes] | None = None
-        self._writer: LoopWriter | None = None
-        #: the socket monitor's PAIR, and its reader (see :mod:`eventbus._link`)
-        self._mon: zmq.Socket[Any] | None = None
-        self._mon_reader: LoopReader[list[bytes]] | None = None
+        #: requests answered by a stream of replies (a batch of tasks): what came, or why it ended
+        self._streams: dict[str, asyncio.Queue[Envelope | BaseException]] = {}
+        self._transport: Transport | None = None
+        #: what this loop turn sends: (encoded envelope, correlation id, topic), flushed at the turn's end
+        self._outgoing: list[tuple[bytes, str, str]] = []
         self._up = asyncio.Event()
         #: set when the daemon refused the connection (this uid is not served)
         self._refused: Forbidden | None = None
+        #: set while there is no usable connection: not opened yet, closed, or failed
+        self._broken: _Broken | None = _Broken(f"not connected to eventbusd at {self.path}")
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -131,9 +159,7 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        """Check the daemon is there and open the connection."""
-        probe(self.path)
-        self._ctx = zmq.Context()
+        """Check the daemon is there and open the connection (:class:`DaemonUnreachable` if it is not)."""
         self._open()
 
     async def reconnect(self) -> None:
@@ -141,83 +167,112 @@ class Client:
 
         Raises :class:`DaemonUnreachable` (and stays disconnected) when no daemon listens.
         """
-        await self._disconnect()
-        probe(self.path)
+        self._disconnect(f"not connected to eventbusd at {self.path}")
         self._open()
 
-    def _open(self) -> None:
-        """A new DEALER, read from the loop, and its monitor, which follows the connection."""
-        assert self._ctx is not None
-        loop = asyncio.get_running_loop()
-        sock = self._sock = dealer(self._ctx, self.path, self._identity, self.max_message_size)
-        mon = self._mon = sock.get_monitor_socket(MONITORED_EVENTS)
-        self._up.set()  # probe() found the daemon: up until the monitor says otherwise
-        reader = self._reader = LoopReader(
-            loop, sock, lambda: sock.recv(zmq.NOBLOCK), self._handle, on_error=self._socket_failed
-        )
-        # requests made in one loop iteration go out in one batch frame (protocol version 2)
-        self._writer = LoopWriter(loop, sock, SEND_QUEUE_BYTES, reader.recheck, batch_size=self.max_message_size)
-        self._mon_reader = LoopReader(loop, mon, lambda: mon.recv_multipart(zmq.NOBLOCK), self._on_monitor)
-
-    async def _disconnect(self) -> None:
-        for io in (self._reader, self._writer, self._mon_reader):
-            if io is not None:
-                io.close()
-        self._reader = self._writer = self._mon_reader = None
-        self._fail_pending(lambda: DaemonUnreachable(f"connection to eventbusd at {self.path} was reset"))
-        if self._sock is not None and self._mon is not None:
-            self._sock.disable_monitor()
-            self._mon.close(linger=0)
-            self._sock.close(linger=0)
-        self._sock = self._mon = None
-
-    def _fail_pending(self, error: Callable[[], EventBusError]) -> None:
-        """Nobody will answer the pending requests: each fails with a fresh ``error()``."""
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(error())
-        self._pending.clear()
-
     async def close(self) -> None:
-        await self._disconnect()
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+        """Close the connection; pending requests fail, and later ones fail at once."""
+        self._disconnect(f"the connection to eventbusd at {self.path} is closed")
 
-    def _socket_failed(self, exc: Exception) -> None:
-        """The socket failed: nobody will answer the pending requests."""
+    # ---- the connection ------------------------------------------------
+
+    def _open(self) -> None:
+        events = LinkEvents(self._handle, self._on_up, self._on_down, self._on_refused, self._on_failed)
+        with zmq_errors(self.path):
+            self._transport = self._connector.connect(self.path, self._identity, self.max_message_size, events)
+        self._broken = None
+        self._up.set()  # the connector found the daemon: up until the transport says otherwise
+
+    def _disconnect(self, why: str) -> None:
+        transport, self._transport = self._transport, None
+        self._broken = _Broken(why)
+        self._outgoing.clear()
+        self._fail_pending(lambda: DaemonUnreachable(f"connection to eventbusd at {self.path} was reset"))
+        if transport is not None:
+            try:
+                with zmq_errors(self.path):
+                    transport.close()
+            except EventBusError as exc:  # the connection is gone either way
+                log.debug("closing the connection to %s: %s", self.path, exc)
+
+    def _fail_pending(self, error: Callable[[], BaseException]) -> None:
+        """Nobody will answer the pending requests: each fails with a fresh ``error()``."""
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            _fail(fut, error())
+        for queue in self._streams.values():
+            queue.put_nowait(error())
+
+    def _fail_request(self, corr: str, exc: BaseException) -> None:
+        """The request ``corr`` (awaited or streamed) gets no answer: ``exc`` instead."""
+        queue = self._streams.get(corr)
+        if queue is not None:
+            queue.put_nowait(exc)
+        else:
+            _fail(self._pending.get(corr), exc)
+
+    def _on_up(self) -> None:
+        self._up.set()
+
+    def _on_down(self) -> None:
+        """The daemon went away: every pending request fails at once (whether it acted on it is unknown)."""
+        self._up.clear()
+        self._fail_pending(lambda: reset_error(self.path, "an answer", UNKNOWN_OUTCOME))
+
+    def _on_refused(self, exc: Forbidden) -> None:
+        self._refused = exc
+        self._fail_pending(lambda: exc)
+
+    def _on_failed(self, exc: BaseException) -> None:
+        """The transport broke: nobody will answer, and the connection stays failed until reopened."""
         log.error("connection to %s failed: %s", self.path, exc)
-        message = f"connection to eventbusd at {self.path} failed: {exc}"
-        self._fail_pending(lambda: DaemonUnreachable(message))
-
-    def _on_monitor(self, frames: list[bytes]) -> None:
-        """Track the connection: when the daemon goes away, every pending request fails at once."""
-        try:
-            state = link_event(frames)
-        except Forbidden as exc:
-            self._refused = exc
-            self._fail_pending(functools.partial(_same, exc))
-            return
-        if state:
-            self._up.set()
-        elif state is False:
-            self._up.clear()
-            if self._reader is not None:
-                self._reader.drain_all()  # answers that arrived before the drop still count
-            self._fail_pending(lambda: reset_error(self.path, "an answer", UNKNOWN_OUTCOME))
+        self._broken = _Broken(translate(exc, self.path).message, exc)
+        self._fail_pending(self._broken.error)
 
     async def _ensure_link(self, within: float) -> None:
         """Return once the connection is up; :class:`DaemonUnreachable` with the cause if not within ``within`` s."""
         if self._refused is not None:
             raise self._refused
-        if self._sock is not None and not self._up.is_set():
+        if self._broken is None and not self._up.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._up.wait(), within)
-            if not self._up.is_set():
-                probe(self.path)  # names the cause: no socket, connection refused
+            if self._broken is None and not self._up.is_set():
+                self._connector.probe(self.path)  # names the cause: no socket, connection refused
                 raise not_back(self.path, within)
-        if self._sock is None:
-            raise DaemonUnreachable(f"not connected to eventbusd at {self.path}")
+        if self._broken is not None:
+            raise self._broken.error()
+
+    # ---- frames --------------------------------------------------------
+
+    def _queue(self, data: bytes, corr: str, topic: str) -> None:
+        """Send ``data`` at the end of this loop turn, with whatever else is sent in it."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append((data, corr, topic))
+
+    def _flush(self) -> None:
+        """Send this turn's envelopes in as few batch frames as the size limit allows."""
+        parts, self._outgoing = self._outgoing, []
+        transport = self._transport
+        if transport is None or self._broken is not None or not parts:
+            return  # their requests already failed
+        start = 0
+        for frame, count in batches([data for data, _, _ in parts], self.max_message_size):
+            batch, start = parts[start : start + count], start + count
+            try:
+                with zmq_errors(self.path):
+                    sent = transport.send(frame)
+            except DaemonUnreachable as exc:
+                self._on_failed(exc.__cause__ or exc)
+                return
+            except EventBusError as exc:
+                for _, corr, _ in batch:
+                    self._fail_request(corr, exc)
+                continue
+            if not sent:
+                for _, corr, topic in batch:
+                    why = f"eventbusd at {self.path} is not reading: its send queue is full ({topic})"
+                    self._fail_request(corr, RequestTimeout(why))
 
     def _handle(self, data: bytes) -> None:
         limit, depth = 2 * self.max_message_size, MAX_DEPTH + DEPTH_HEADROOM
@@ -229,9 +284,8 @@ class Client:
             items = [exc]
         for item in items:
             if isinstance(item, ProtocolError):  # fails the request it answers, when its id can be read
-                failed = self._pending.pop(item.correlation_id, None) if item.correlation_id else None
-                if failed is not None and not failed.done():
-                    failed.set_exception(item)
+                if item.correlation_id:
+                    self._fail_request(item.correlation_id, item)
             else:
                 self._deliver(item)
 
@@ -243,9 +297,15 @@ class Client:
                 except Exception:  # a handler bug must not stop replies from arriving
                     log.exception("on_publish failed for %s", env.topic)
             return
+        queue = self._streams.get(env.id)
+        if queue is not None:
+            queue.put_nowait(env)
+            return
         fut = self._pending.pop(env.id, None)
         if fut is not None and not fut.done():
             fut.set_result(env)
+
+    # ---- requests ------------------------------------------------------
 
     async def request(self, topic: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send a request and await the reply body; the daemon's errors are raised typed.
@@ -255,18 +315,13 @@ class Client:
         """
         limit = self.timeout if timeout is None else timeout
         await self._ensure_link(min(self.reconnect_grace, limit))
-        writer = self._writer
-        assert writer is not None  # _ensure_link raises when not connected
         corr = self._ids.next()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Envelope] = loop.create_future()
         self._pending[corr] = fut
         timer = loop.call_later(limit, _expire, fut, self.path, limit, topic)
         try:
-            if not writer.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size, VERSION)):
-                raise RequestTimeout(
-                    f"eventbusd at {self.path} is not reading: {writer.queued_bytes} bytes wait to be sent ({topic})"
-                )
+            self._queue(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size, VERSION), corr, topic)
             env = await fut
         except ConnectionReset:
             raise reset_error(self.path, f"the answer to {topic}", UNKNOWN_OUTCOME) from None
@@ -275,6 +330,123 @@ class Client:
             self._pending.pop(corr, None)
         return rq.reply_body(env)
 
+    async def _stream(self, topic: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """Send a request answered by a stream of replies; yield each reply body until one has ``remaining`` 0.
+
+        ``timeout`` bounds the wait for each reply; errors as in :meth:`request`.
+        """
+        await self._ensure_link(min(self.reconnect_grace, timeout))
+        corr = self._ids.next()
+        queue: asyncio.Queue[Envelope | BaseException] = asyncio.Queue()
+        self._streams[corr] = queue
+        try:
+            self._queue(encode(Envelope(Kind.REQUEST, corr, topic, body), self.max_message_size, VERSION), corr, topic)
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"no answer from eventbusd at {self.path} within {timeout:g}s ({topic})"
+                    ) from None
+                if isinstance(item, ConnectionReset):
+                    raise reset_error(self.path, f"the answers to {topic}", UNKNOWN_OUTCOME) from None
+                if isinstance(item, BaseException):
+                    raise item
+                reply = rq.reply_body(item)
+                yield reply
+                if not reply.get("remaining"):
+                    return
+        finally:
+            self._streams.pop(corr, None)
+
+    async def _follow(self, batch: Batch, part: Part, timeout: float, changed: asyncio.Event) -> None:
+        """Read one part's replies into ``batch``; a stream cut short marks the part failed."""
+        try:
+            async for reply in self._stream(m.BATCH, part.body, timeout):
+                batch.take(part, reply)
+                changed.set()
+        except EventBusError as exc:
+            batch.fail(part, exc)
+        finally:
+            part.done = True
+            changed.set()
+
+    async def _batch(self, batch: Batch, timeout: float) -> AsyncIterator[int]:
+        """Send every part of ``batch`` at once and yield each spec's index, in input order, once it is settled."""
+        changed = asyncio.Event()
+        readers = [asyncio.ensure_future(self._follow(batch, part, timeout, changed)) for part in batch.parts]
+        try:
+            for index in range(len(batch)):
+                while not batch.settled(index):
+                    changed.clear()
+                    await changed.wait()
+                yield index
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def submit_many(self, specs: Iterable[Mapping[str, Any]]) -> list[str | EventBusError]:
+        """Submit many tasks in as few requests as fit (``control.task.batch``); one result per spec, in order.
+
+        Each spec is a submit body (``{"operation": ..., "payload": ..., "priority": ...}``, the
+        fields of TaskRequest). A spec the daemon refused is answered with its error (an
+        :class:`EventBusError` in the list); the others are taken. A spec whose answer went with
+        a reset connection gets :class:`ConnectionReset` (whether it was taken is unknown).
+        """
+        batch = Batch(specs, wait=False, max_size=self.max_message_size)
+        return [batch.submitted(index) async for index in self._batch(batch, self.timeout)]
+
+    async def run_many(
+        self, specs: Iterable[Mapping[str, Any]], *, timeout: float | None = None
+    ) -> AsyncIterator[TaskInfo | EventBusError]:
+        """Submit many tasks and yield each one's final TaskInfo in input order, as soon as it and those
+        before it are final (results arrive as tasks finish, many per frame).
+
+        A spec the daemon refused yields its error instead. ``timeout`` (None: no limit) bounds the
+        whole batch: tasks not final by then are yielded in their current state. A daemon restart
+        meanwhile is handled as in :meth:`wait` (the task ids are chosen here when not given); a task
+        whose fate it leaves unknown yields :class:`DaemonRestarted` or :class:`DaemonUnreachable`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        wait_s = rq.wait_chunk(deadline, loop.time())
+        batch = Batch(specs, wait=True, wait_s=wait_s, max_size=self.max_message_size)
+        async for index in self._batch(batch, wait_s + self.timeout):
+            outcome = batch.outcome(index)
+            if outcome is None:
+                outcome = await self._settle(batch, index, deadline)
+            yield outcome
+
+    async def _settle(self, batch: Batch, index: int, deadline: float | None) -> TaskInfo | EventBusError:
+        """A task of a batch its replies left open: wait for it by id (its current state past ``deadline``)."""
+        loop = asyncio.get_running_loop()
+        task_id = batch.slots[index].task_id
+        left = None if deadline is None else deadline - loop.time()
+        w = TaskWait(self.path, task_id, left, loop.time(), self.reconnect_grace)
+        reset = batch.after_reset(index)
+        if reset is not None:
+            w.failed(reset)
+        try:
+            return await self._wait(w)
+        except RequestTimeout:
+            return await self.get(task_id)
+        except (DaemonRestarted, DaemonUnreachable) as exc:
+            return exc
+
+    async def map(
+        self, operation: str, payloads: Iterable[Any], *, timeout: float | None = None, **fields: Any
+    ) -> AsyncIterator[TaskInfo]:
+        """Run ``operation`` on each payload (a batch, see :meth:`run_many`) and yield the tasks in order.
+
+        ``fields`` (priority, timeout_ms, ...) apply to every task; a refused task raises its error.
+        """
+        specs = ({**fields, "operation": operation, "payload": payload} for payload in payloads)
+        async for outcome in self.run_many(specs, timeout=timeout):
+            if isinstance(outcome, EventBusError):
+                raise outcome
+            yield outcome
+
     async def _call(self, call: rq.Call[T]) -> T:
         """Send one verb and return its result."""
         return call.parse(await self.request(call.topic, call.body, call.timeout))
@@ -282,18 +454,22 @@ class Client:
     def notify(self, topic: str, body: dict[str, Any]) -> None:
         """Send a request now without awaiting its reply (progress, acceptance).
 
-        Sent synchronously, so it keeps its order relative to later requests.
-        Best effort: while disconnected the message is dropped.
+        Sent in order with later requests. Best effort: while disconnected the message is dropped.
         """
         data = encode(Envelope(Kind.REQUEST, "", topic, body), self.max_message_size, VERSION)
-        if self._writer is None or not self._writer.send(data):
-            log.debug("not connected, or the send queue is full; %s dropped", topic)
+        if self._transport is None or self._broken is not None or self._refused is not None:
+            log.debug("not connected; %s dropped", topic)
+            return
+        self._queue(data, "", topic)
+
+    # ---- tasks ---------------------------------------------------------
 
     async def submit(self, operation: str, payload: Any = None, **fields: Any) -> str:
         """Submit a task (fields as in TaskRequest) and return its id once it is queued."""
         return await self._call(rq.submit(operation, payload, **fields))
 
     async def get(self, task_id: str, wait_s: float | None = None) -> TaskInfo:
+        """A task's state; with ``wait_s`` the daemon answers when it is final or after ``wait_s``."""
         return await self._call(rq.get(task_id, wait_s, self.timeout))
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
@@ -308,13 +484,12 @@ class Client:
 
     async def _wait(self, w: TaskWait) -> TaskInfo:
         loop = asyncio.get_running_loop()
-        task_id = w.task_id
         while True:
             try:
                 within = w.relink_within(loop.time())
                 if within is not None:
                     await self._ensure_link(within)
-                info = await self.get(task_id, wait_s=w.chunk(loop.time()))
+                info = await self.get(w.task_id, wait_s=w.chunk(loop.time()))
             except EventBusError as exc:
                 w.failed(exc)
                 continue
@@ -336,19 +511,22 @@ class Client:
         As :meth:`SyncClient.run`.
         """
         loop = asyncio.get_running_loop()
-        task_id = fields.pop("task_id", None) or rq.new_task_id()
-        w = TaskWait(self.path, task_id, timeout, loop.time(), self.reconnect_grace)
-        call = rq.submit_wait(operation, payload, w.chunk(loop.time()), self.timeout, task_id=task_id, **fields)
+        w, call = TaskWait.run(
+            self.path,
+            operation,
+            payload,
+            fields,
+            timeout=timeout,
+            now=loop.time(),
+            grace=self.reconnect_grace,
+            request_timeout=self.timeout,
+        )
         try:
-            first = await self._call(call)
-        except ConnectionReset as exc:
-            w.failed(exc)  # submitted or not: ask the daemon that takes the connection back
-            return await self._wait(w)
-        if first.info.state.terminal:
-            return first.info
-        if not first.offered and on_unoffered is not None:
-            on_unoffered(task_id)
-        return await self._wait(w)
+            final = w.submitted(await self._call(call), on_unoffered)
+        except EventBusError as exc:
+            w.failed(exc)  # a reset: submitted or not, ask the daemon that takes the connection back
+            final = None
+        return final if final is not None else await self._wait(w)
 
     async def cancel(self, task_id: str) -> TaskInfo:
         return await self._call(rq.cancel(task_id))
@@ -369,8 +547,7 @@ class Client:
             page, more = rq.next_page(page, reply, limit)
         return page
 
-    async def strategy(self, name: str | None = None) -> str:
-        return await self._call(rq.strategy(name))
+    # ---- admin ---------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
         return await self._call(rq.status())
@@ -392,6 +569,24 @@ class Client:
     async def offers(self, operation: str) -> bool:
         """Whether a live collector offers ``operation`` now (else its tasks wait in the queue)."""
         return rq.offers(await self.collectors(), operation)
+
+    async def strategy(self, name: str | None = None) -> str:
+        """The routing strategy in use; with ``name``, switch to it first."""
+        return await self._call(rq.strategy(name))
+
+    async def drain(self, collector_id: str) -> CollectorInfo:
+        """Stop routing new work to a collector (running attempts finish)."""
+        return await self._call(rq.drain(collector_id))
+
+    async def undrain(self, collector_id: str) -> CollectorInfo:
+        """Route work to a drained collector again."""
+        return await self._call(rq.undrain(collector_id))
+
+    async def stop_collectors(self, collector_id: str | None = None) -> list[str]:
+        """Ask a collector (None: every collector) to drain and exit; returns whom it asked."""
+        return await self._call(rq.stop_collectors(collector_id))
+
+    # ---- events --------------------------------------------------------
 
     async def subscribe(self, *patterns: str) -> None:
         """Have events on topics matching ``patterns`` delivered to ``on_publish``."""

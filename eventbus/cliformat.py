@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from distributor.models import TaskInfo
+from distributor.models import TaskInfo, TaskState
 
 
 def iso(at: float | None) -> str:
@@ -25,6 +25,16 @@ def attempts(info: TaskInfo) -> str:
     if info.retries:
         return f"after {info.retries} {'retry' if info.retries == 1 else 'retries'}"
     return f"after {info.attempt} {'attempt' if info.attempt == 1 else 'attempts'}"
+
+
+def outcome(info: TaskInfo) -> dict[str, Any]:
+    """A task's outcome in brief: id, state, and its value (succeeded) or error (otherwise)."""
+    out: dict[str, Any] = {"task_id": info.task_id, "state": info.state.value}
+    if info.state is TaskState.SUCCEEDED:
+        out["value"] = info.result.value if info.result else None
+    elif info.error is not None:
+        out["error"] = {"type": info.error.type, "message": info.error.message}
+    return out
 
 
 def task_text(info: TaskInfo) -> str:

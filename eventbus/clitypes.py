@@ -62,6 +62,31 @@ def _parse_payload(text: str | None) -> Any:
         raise click.BadParameter(str(exc), param_hint="--payload") from None
 
 
+def read_specs(stream: Any, name: str) -> list[dict[str, Any]]:
+    """Task specs from JSON lines (one object each, blank lines skipped); a bad line is a usage error naming it."""
+    specs: list[dict[str, Any]] = []
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            spec = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+        except RecursionError:
+            spec = None
+            levels = MAX_PAYLOAD_DEPTH + 1
+        except ValueError as exc:  # JSONDecodeError too
+            raise click.BadParameter(f"line {number}: invalid JSON: {exc}", param_hint=name) from None
+        else:
+            levels = depth(spec, MAX_PAYLOAD_DEPTH)
+        if levels > MAX_PAYLOAD_DEPTH:
+            raise click.BadParameter(f"line {number}: nests more than {MAX_PAYLOAD_DEPTH} levels", param_hint=name)
+        if not isinstance(spec, dict):
+            raise click.BadParameter(f"line {number}: a task spec must be a JSON object", param_hint=name)
+        specs.append(spec)
+    if not specs:
+        raise click.BadParameter("no task spec (one JSON object per line)", param_hint=name)
+    return specs
+
+
 def _no_constant(name: str) -> NoReturn:
     # json.loads takes NaN and Infinity by default, though they are not JSON: refuse them (and so a typo)
     raise ValueError(f"{name} is not a valid payload value (only finite numbers are)")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from distributor.models import Segment, TaskId, TaskInfo, TaskResult, TaskState
+from distributor.models import Segment, TaskId, TaskInfo, TaskRequest, TaskResult, TaskState
 from eventbus.errors import InvalidRequest
 
 # request topics (client -> daemon)
@@ -152,7 +152,7 @@ class AttemptEvent(_Body):
 class DispatchBody(_Body):
     """``control.collector.task.<type>.<id>``: run this attempt."""
 
-    task: dict[str, Any]
+    task: TaskRequest
     attempt: int
     deadline: float | None = None
 

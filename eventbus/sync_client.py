@@ -2,6 +2,8 @@
 
 It speaks request/reply over a DEALER socket with correlation ids and
 timeouts, and receives published events for the patterns it subscribed to.
+ZeroMQ's exceptions become ours (:func:`eventbus._transport.zmq_errors`) on
+the way out of every method that touches the socket.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import zmq
@@ -17,9 +19,10 @@ import zmq
 from distributor.models import CollectorInfo, TaskInfo
 from eventbus import _requests as rq
 from eventbus import messages as m
+from eventbus._batch import Batch, Part
 from eventbus._link import UNKNOWN_OUTCOME, SyncLink, TaskWait, not_back, reset_error
-from eventbus._transport import RECONNECT_GRACE_S, Ids, dealer, probe
-from eventbus.errors import ConnectionReset, EventBusError, RequestTimeout
+from eventbus._transport import RECONNECT_GRACE_S, Ids, dealer, probe, zmq_errors
+from eventbus.errors import DaemonRestarted, DaemonUnreachable, EventBusError, RequestTimeout
 from eventbus.paths import resolve_socket_path
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE, DEPTH_HEADROOM, MAX_DEPTH, Envelope, Kind, decode, encode
 
@@ -52,8 +55,14 @@ class SyncClient:
         self._max = max_message_size
         probe(self.path)
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._sock = dealer(self._ctx, self.path, None, max_message_size)
-        self._link = SyncLink(self._sock)
+        try:
+            with zmq_errors(self.path):
+                self._sock = dealer(self._ctx, self.path, None, max_message_size)
+                self._link = SyncLink(self._sock)
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
+        self._closed = False
         self._ids = Ids()
         self._events: deque[tuple[str, dict[str, Any]]] = deque()
 
@@ -64,13 +73,30 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
-        self._link.close()
-        self._sock.close(linger=0)
-        self._ctx.term()
+        """Close the connection; later requests fail at once with :class:`DaemonUnreachable`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with zmq_errors(self.path):
+                self._link.close()
+        except EventBusError:  # the socket is going either way
+            pass
+        finally:
+            self._sock.close(linger=0)
+            self._ctx.term()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DaemonUnreachable(f"the connection to eventbusd at {self.path} is closed")
 
     def request(self, topic: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send a request and return the reply body; the daemon's errors are raised typed."""
-        limit = self.timeout if timeout is None else timeout
+        self._check_open()
+        with zmq_errors(self.path):
+            return self._request(topic, body, self.timeout if timeout is None else timeout)
+
+    def _request(self, topic: str, body: dict[str, Any], limit: float) -> dict[str, Any]:
         self._ensure_link(min(self.reconnect_grace, limit))
         corr = self._ids.next()
         self._sock.send(encode(Envelope(Kind.REQUEST, corr, topic, body), self._max))
@@ -86,6 +112,95 @@ class SyncClient:
             elif env.id == corr:
                 return rq.reply_body(env)
             # else: a late reply to an earlier request that timed out
+
+    def _batch(self, batch: Batch, timeout: float) -> Iterator[int]:
+        """Send every part of ``batch``, read their replies as they come, and yield each spec's index,
+        in input order, once it is settled."""
+        self._check_open()
+        corr_part: dict[str, Part] = {}
+        try:
+            with zmq_errors(self.path):
+                self._ensure_link(min(self.reconnect_grace, timeout))
+                for part in batch.parts:
+                    corr = self._ids.next()
+                    corr_part[corr] = part
+                    self._sock.send(encode(Envelope(Kind.REQUEST, corr, m.BATCH, part.body), self._max))
+        except EventBusError as exc:
+            for part in batch.parts:
+                batch.fail(part, exc)
+        for index in range(len(batch)):
+            while not batch.settled(index):
+                self._read_batch(batch, corr_part, timeout)
+            yield index
+
+    def _read_batch(self, batch: Batch, corr_part: dict[str, Part], timeout: float) -> None:
+        """Read the next reply to one of ``batch``'s requests; a stream cut short marks its part failed."""
+        open_parts = [p for p in corr_part.values() if not p.done]
+        try:
+            with zmq_errors(self.path):
+                env = self._recv(time.monotonic() + timeout, f"the answers to {m.BATCH}", UNKNOWN_OUTCOME)
+                if env is None:
+                    probe(self.path)
+                    raise RequestTimeout(f"no answer from eventbusd at {self.path} within {timeout:g}s ({m.BATCH})")
+        except EventBusError as exc:
+            for part in open_parts:
+                batch.fail(part, exc)
+            return
+        if env.kind is Kind.PUBLISH:
+            if env.topic != m.SUBSCRIPTION_PING:
+                self._events.append((env.topic, env.body))
+            return
+        answered = corr_part.get(env.id)
+        if answered is None or answered.done:
+            return  # a late reply to an earlier request
+        try:
+            batch.take(answered, rq.reply_body(env))
+        except EventBusError as exc:
+            batch.fail(answered, exc)
+
+    def submit_many(self, specs: Iterable[Mapping[str, Any]]) -> list[str | EventBusError]:
+        """Submit many tasks in as few requests as fit; one result per spec, in order.
+
+        As :meth:`Client.submit_many`.
+        """
+        batch = Batch(specs, wait=False, max_size=self._max)
+        return [batch.submitted(index) for index in self._batch(batch, self.timeout)]
+
+    def run_many(
+        self, specs: Iterable[Mapping[str, Any]], *, timeout: float | None = None
+    ) -> Iterator[TaskInfo | EventBusError]:
+        """Submit many tasks and yield each one's final TaskInfo in input order (as :meth:`Client.run_many`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait_s = rq.wait_chunk(deadline, time.monotonic())
+        batch = Batch(specs, wait=True, wait_s=wait_s, max_size=self._max)
+        for index in self._batch(batch, wait_s + self.timeout):
+            outcome = batch.outcome(index)
+            yield self._settle(batch, index, deadline) if outcome is None else outcome
+
+    def _settle(self, batch: Batch, index: int, deadline: float | None) -> TaskInfo | EventBusError:
+        """A task of a batch its replies left open: wait for it by id (its current state past ``deadline``)."""
+        task_id = batch.slots[index].task_id
+        left = None if deadline is None else deadline - time.monotonic()
+        w = TaskWait(self.path, task_id, left, time.monotonic(), self.reconnect_grace)
+        reset = batch.after_reset(index)
+        if reset is not None:
+            w.failed(reset)
+        try:
+            return self._wait(w)
+        except RequestTimeout:
+            return self.get(task_id)
+        except (DaemonRestarted, DaemonUnreachable) as exc:
+            return exc
+
+    def map(
+        self, operation: str, payloads: Iterable[Any], *, timeout: float | None = None, **fields: Any
+    ) -> Iterator[TaskInfo]:
+        """Run ``operation`` on each payload and yield the tasks in order (as :meth:`Client.map`)."""
+        specs = ({**fields, "operation": operation, "payload": payload} for payload in payloads)
+        for outcome in self.run_many(specs, timeout=timeout):
+            if isinstance(outcome, EventBusError):
+                raise outcome
+            yield outcome
 
     def _call(self, call: rq.Call[T]) -> T:
         """Send one verb and return its result."""
@@ -161,19 +276,22 @@ class SyncClient:
         here when not given, so the wait can ask for it again). ``on_unoffered(task_id)`` is called
         when no live collector offers the operation (the task stays queued and the wait goes on).
         """
-        task_id = fields.pop("task_id", None) or rq.new_task_id()
-        w = TaskWait(self.path, task_id, timeout, time.monotonic(), self.reconnect_grace)
-        call = rq.submit_wait(operation, payload, w.chunk(time.monotonic()), self.timeout, task_id=task_id, **fields)
+        w, call = TaskWait.run(
+            self.path,
+            operation,
+            payload,
+            fields,
+            timeout=timeout,
+            now=time.monotonic(),
+            grace=self.reconnect_grace,
+            request_timeout=self.timeout,
+        )
         try:
-            first = self._call(call)
-        except ConnectionReset as exc:
-            w.failed(exc)  # submitted or not: ask the daemon that takes the connection back
-            return self._wait(w)
-        if first.info.state.terminal:
-            return first.info
-        if not first.offered and on_unoffered is not None:
-            on_unoffered(task_id)
-        return self._wait(w)
+            final = w.submitted(self._call(call), on_unoffered)
+        except EventBusError as exc:
+            w.failed(exc)  # a reset: submitted or not, ask the daemon that takes the connection back
+            final = None
+        return final if final is not None else self._wait(w)
 
     def cancel(self, task_id: str) -> TaskInfo:
         return self._call(rq.cancel(task_id))
@@ -252,7 +370,9 @@ class SyncClient:
                 yield self._events.popleft()
             deadline = time.monotonic() + (3600.0 if timeout is None else timeout)
             while True:
-                env = self._recv(deadline, "events", "its subscriptions are gone")
+                self._check_open()
+                with zmq_errors(self.path):
+                    env = self._recv(deadline, "events", "its subscriptions are gone")
                 if env is None:
                     if timeout is not None:
                         return

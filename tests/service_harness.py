@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 from eventbus.peers import AccessPolicy, Peer
@@ -13,6 +14,10 @@ from eventbus.wire import Envelope, Kind, decode, encode
 
 #: the credentials of a connection from this test process
 ME = Peer(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), conn=1, served=True)
+
+
+def _ignore(identity: bytes) -> None:
+    pass
 
 
 class FakeClock:
@@ -26,18 +31,26 @@ class FakeClock:
 class Harness:
     """A Service without sockets: frames it sends are kept, decoded."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        settings: DaemonSettings | None = None,
+        batch_peer: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """``settings`` default to the daemon's defaults; ``batch_peer`` hears of peers that read batch frames."""
         self.loop = loop
         self.clock = FakeClock()
         self.sent: list[tuple[bytes, Envelope]] = []
         self.service = Service(
-            DaemonSettings(),
+            settings or DaemonSettings(),
             self._send,
             loop=loop,
             policy=AccessPolicy.build(os.getuid(), (), (), ()),
             transport_counters=lambda: {"connections": 3, "connections_refused": 1, "messages_dropped": 0},
             transport_pending=lambda: (4096, 2),
             clock=self.clock,
+            batch_peer=batch_peer or _ignore,
         )
 
     def _send(self, identity: bytes, data: bytes) -> bool:

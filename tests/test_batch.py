@@ -121,7 +121,13 @@ def test_a_batch_with_one_invalid_spec_rejects_only_that_spec_with_its_index(
 
 
 def test_the_batch_itself_is_refused_when_it_is_not_a_list_of_1_to_1024_specs(harness: Harness) -> None:
-    for body in ({"tasks": []}, {"tasks": [{"operation": "echo"}] * (m.MAX_BATCH_TASKS + 1)}, {}, {"tasks": {}}):
+    bodies: list[dict[str, Any]] = [
+        {"tasks": []},
+        {"tasks": [{"operation": "echo"}] * (m.MAX_BATCH_TASKS + 1)},
+        {},
+        {"tasks": {}},
+    ]
+    for body in bodies:
         reply = harness.request(m.BATCH, body, corr="b1")
         assert reply.kind is Kind.ERROR and reply.body["code"] == "invalid"
     assert harness.service.stats()["tasks_submitted"] == 0

@@ -153,6 +153,7 @@ _DOCUMENTED: dict[str, set[str]] = {
     "stop": {"collectors"},
     "metrics": {"text"},
     "watch": {"topic", "body"},
+    "batch": _TASK_KEYS | {"index"},
     "bench": {"tasks_per_s", "latency_ms", "daemon_cpu_us_per_task", "throughput_ratio", "p99_ratio", "env", "lost"},
 }
 
@@ -190,7 +191,10 @@ def test_json_output_parses_and_holds_the_documented_keys(bus: Bus, name: str) -
     bus.start_collector("json-1")
     tid = _json(bus.ctl("--json", "submit", "echo", "--payload", "1", "--wait"))["task_id"]
     queued = _json(bus.ctl("--json", "submit", "nobody-offers"))["task_id"]
+    specs = bus.root / "specs.jsonl"
+    specs.write_text('{"operation": "echo", "payload": 2}\n')
     args = {
+        "batch": ["batch", str(specs), "--wait"],
         "task": ["task", tid],
         "submit": ["submit", "echo"],
         "cancel": ["cancel", queued],
