@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from eventbus.bench.client import TASK_WAIT_S, Spec
 from eventbus.bench.procs import Child, wait_readable
-from eventbus.bench.stats import cpu_seconds
+from eventbus.bench.stats import cpu_seconds, rss_bytes
 from eventbus.errors import BenchFailed
 
 #: how long the client processes may take to start and warm up
@@ -43,6 +43,8 @@ class PhaseResult:
     end: float | None = None
     latencies_us: list[int] = field(default_factory=list)
     cpu_s: float | None = None
+    #: the broker's resident memory when the phase ended
+    rss_bytes: int | None = None
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +124,7 @@ def run_phase(
     cpu_after = cpu_seconds(cpu_pid) if cpu_pid else None
     if cpu_before is not None and cpu_after is not None:
         result.cpu_s = cpu_after - cpu_before
+    result.rss_bytes = rss_bytes(cpu_pid) if cpu_pid else None
     return result
 
 

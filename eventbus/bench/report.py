@@ -36,6 +36,7 @@ def figures(result: PhaseResult) -> dict[str, Any]:
         "tasks_per_s": round(answered / wall, 1) if wall > 0 else 0.0,
         "latency_ms": latency_ms(result.latencies_us),
         "daemon_cpu_us_per_task": cpu,
+        "daemon_rss_mb": None if result.rss_bytes is None else round(result.rss_bytes / (1 << 20), 1),
         "errors": result.errors,
     }
 
@@ -111,6 +112,7 @@ def table(doc: dict[str, Any]) -> str:
     rows.append(
         ("broker CPU µs/task", _cell(doc["daemon_cpu_us_per_task"]), _cell(base.get("daemon_cpu_us_per_task")), "")
     )
+    rows.append(("broker RSS MB, at the end", _cell(doc["daemon_rss_mb"]), _cell(base.get("daemon_rss_mb")), ""))
     for key in ("tasks", "failed", "wrong", "lost"):
         rows.append((key, str(doc[key]), str(base[key]) if base else "-", ""))
     widths = [max(len(row[c]) for row in rows) for c in range(4)]

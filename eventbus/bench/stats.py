@@ -36,6 +36,18 @@ def latency_ms(samples_us: Sequence[int]) -> dict[str, float | None]:
     return out
 
 
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid``, from /proc; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time of process ``pid`` (all its threads), from /proc; None if unreadable."""
     try:

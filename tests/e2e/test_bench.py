@@ -17,7 +17,7 @@ from tests.e2e.conftest import Bus, command, wait_until
 
 pytestmark = pytest.mark.e2e
 
-_FIGURES = {"tasks_per_s", "latency_ms", "daemon_cpu_us_per_task", "tasks", "failed", "lost"}
+_FIGURES = {"tasks_per_s", "latency_ms", "daemon_cpu_us_per_task", "daemon_rss_mb", "tasks", "failed", "lost"}
 _KEYS = _FIGURES | {"baseline", "throughput_ratio", "p99_ratio", "collectors", "idle_collectors", "clients"}
 _KEYS |= {"in_flight", "payload_bytes", "env"}
 
