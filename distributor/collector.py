@@ -35,18 +35,20 @@ class CollectorState:
     check_token: int = 0  # names its one live heartbeat check timer
     #: its key in the active strategy's order while it is in the pools (None: not filed)
     key: Any = None
+    #: counted by the registry among the available supporters of its operations
+    counted_available: bool = False
     #: task_id -> attempt number of every attempt in flight on this collector
     attempts: dict[str, int] = field(default_factory=dict)
     #: attempts taken away while it was unhealthy; cancelled when it comes back
     orphans: list[tuple[str, int]] = field(default_factory=list)
     priorities: frozenset[int] = frozenset()
+    #: ``capability.collector_id``, which a re-registration never changes; a plain
+    #: attribute because the pools read it on every dispatch and every result
+    collector_id: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.priorities = frozenset(self.capability.priority_levels)
-
-    @property
-    def collector_id(self) -> str:
-        return self.capability.collector_id
+        self.collector_id = self.capability.collector_id
 
     @property
     def has_room(self) -> bool:

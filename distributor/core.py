@@ -25,6 +25,7 @@ from distributor.models import (
     TaskRequest,
     TaskResult,
     TaskState,
+    with_fields,
 )
 from distributor.strategies import RoutingStrategy
 from distributor.tasks import TaskRecord
@@ -183,7 +184,7 @@ class TaskDistributor(TaskMachine):
             self.stats.stale_messages += 1
             return self._drain()
         self._release(self.registry.get(collector_id), task)
-        task.failed_on.add(collector_id)
+        task.failed_on |= {collector_id}
         self.stats.tasks_redelivered += 1
         self._enqueue(task, front=True)
         return self._drain()
@@ -230,6 +231,9 @@ class TaskDistributor(TaskMachine):
         if task is None:
             self.stats.stale_messages += 1
             return self._drain()
+        if task.state is TaskState.DISPATCHED:  # ``accepted`` is optional: the attempt ran
+            task.state = TaskState.RUNNING
+            self._task_event(task)
         state = self.registry.get(result.collector_id)
         state.total_execution_s += result.execution_time_s
         self.timings.ran(task.request.operation, now - (task.dispatched_at or now))
@@ -242,7 +246,7 @@ class TaskDistributor(TaskMachine):
         else:
             state.tasks_failed += 1
             self._release(state, task)
-            task.failed_on.add(state.collector_id)
+            task.failed_on |= {state.collector_id}
             self._attempt_failed(task, result.error or ErrorInfo(type="Error", message="attempt failed"), result)
         return self._drain()
 
@@ -263,11 +267,11 @@ class TaskDistributor(TaskMachine):
             raise DuplicateTask(f"task {task_id!r} already exists")
         if request.deadline is not None and request.deadline <= now:
             raise InvalidRequest(f"deadline {request.deadline} is already past (now {now:.3f})")
-        constraints = parse_constraints(request.constraints)
-        parents = self._parents(task_id, request.depends_on)
+        constraints = parse_constraints(request.constraints) if request.constraints else ()
+        parents = self._parents(task_id, request.depends_on) if request.depends_on else []
         self._admit(request.operation, size)
         created = request.created_at or now
-        request = request.model_copy(update={"task_id": task_id, "created_at": created})
+        request = with_fields(request, task_id=task_id, created_at=created)
         self._serial += 1
         task = TaskRecord(
             request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner, size=size

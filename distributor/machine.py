@@ -18,7 +18,15 @@ from distributor.errors import InvalidRequest, QueueFull, UnknownTask
 from distributor.events import collector_event, task_event
 from distributor.history import FinishedHistory
 from distributor.listing import TaskListing
-from distributor.models import INVALID_RESULT, CollectorStatus, ErrorInfo, TaskResult, TaskState
+from distributor.models import (
+    INVALID_RESULT,
+    PRIORITY_MAX,
+    CollectorStatus,
+    ErrorInfo,
+    TaskResult,
+    TaskState,
+    with_fields,
+)
 from distributor.queue import TaskQueue
 from distributor.registry import CapabilityRegistry, CollectorState, Pool
 from distributor.report import ReportBook
@@ -93,11 +101,19 @@ class TaskMachine:
 
     def _drain(self) -> list[Action]:
         """End of every public call: dispatch what can be, forget old tasks, hand out the actions."""
-        dirty, queue = self._dirty, self.queue
+        dirty, queue, has_room = self._dirty, self.queue, self.registry.has_room
         while dirty:
             # one dispatch per operation per round, most urgent operation first (highest
-            # priority, then longest waiting), so no operation takes every freed slot
-            ready = [op for op in dirty if queue.depth(op)]
+            # priority, then longest waiting), so no operation takes every freed slot;
+            # an operation whose collectors are all busy dispatches nothing, so it needs no rank
+            ready: list[str] = []
+            for op in dirty:
+                if not queue.depth(op):
+                    continue
+                if has_room(op):
+                    ready.append(op)
+                else:
+                    self._pump_one(op)  # dispatches nothing
             if len(ready) > 1:
                 ready.sort(key=queue.rank)
             dirty.clear()
@@ -111,11 +127,16 @@ class TaskMachine:
 
     def _evict(self) -> None:
         """Forget the oldest finished tasks past the history limits (never those finished in this call)."""
-        for task_id in self.history.overflow(self._calls):
+        history = self.history
+        if len(history) <= history.max_tasks and history.bytes <= history.max_bytes:
+            return
+        for task_id in history.overflow(self._calls):
             self._tasks.pop(task_id, None)
 
     def _hold(self, task: TaskRecord, size: int) -> None:
         """Count ``size`` more (or, negative, fewer) bytes held by unfinished tasks."""
+        if not size:
+            return
         operation = task.request.operation
         self.open_bytes += size
         self._open_bytes_by_operation[operation] += size
@@ -132,21 +153,28 @@ class TaskMachine:
                 f"unfinished tasks hold {self.open_bytes} bytes; a task of {size} more exceeds "
                 f"max_queued_bytes={cfg.max_queued_bytes}"
             )
-        held, share = self._open_bytes_by_operation[operation], cfg.per_operation_bytes
+        held, share = self._open_bytes_by_operation.get(operation, 0), cfg.per_operation_bytes
         if held + size > share:
             raise QueueFull(
                 f"operation {operation!r} already holds {held} bytes of unfinished tasks; a task of {size} more "
                 f"exceeds its share {share} of max_queued_bytes (as max_queued_per_operation is of max_queue_size)"
             )
         limit = cfg.per_operation_limit
-        if self.queue.depth(operation) + self._pending_by_operation[operation] >= limit:
+        if self.queue.depth(operation) + self._pending_by_operation.get(operation, 0) >= limit:
             raise QueueFull(
                 f"operation {operation!r} already has {limit} tasks queued or pending (max_queued_per_operation)"
             )
 
     def _pump_one(self, operation: str) -> bool:
         """Dispatch the first queued task of ``operation`` that an eligible collector has room for."""
-        if not self.registry.supports(operation):
+        registry = self.registry
+        if not registry.supports(operation):
+            return False
+        if not registry.has_room(operation) and not registry.restricted(operation) and self.queue.plain(operation):
+            # Nobody can take a task now. Walking the queue would look up one pool, that of
+            # unconstrained tasks, for each of its tasks in turn; that lookup (which builds
+            # the pool the first time) is all the walk leaves behind, so make it once.
+            registry.pool(operation, PRIORITY_MAX, ())
             return False
         for priority, task_id in self.queue.candidates(operation):
             task = self._tasks[task_id]
@@ -230,12 +258,15 @@ class TaskMachine:
         if failed is not None:
             self._dependency_failed(task, failed)
             return
-        task.waiting_on = {p.task_id for p in parents if p.state is not TaskState.SUCCEEDED}
+        task.waiting_on = frozenset(p.task_id for p in parents if p.state is not TaskState.SUCCEEDED)
         if not task.waiting_on:
             self._enqueue(task, admit=True)
             return
         for parent_id in task.waiting_on:
-            self._tasks[parent_id].children.append(task.task_id)
+            parent = self._tasks[parent_id]
+            if isinstance(parent.children, tuple):
+                parent.children = []
+            parent.children.append(task.task_id)
         task.state = TaskState.PENDING
         self._pending += 1
         self._pending_by_operation[task.request.operation] += 1
@@ -299,7 +330,7 @@ class TaskMachine:
         state = self.registry.find(task.collector_id or "")
         if state is not None:
             state.tasks_failed += 1
-            task.failed_on.add(state.collector_id)
+            task.failed_on |= {state.collector_id}
         self._stop(task, "timeout")
         self.stats.attempts_timed_out += 1
         message = f"attempt {task.attempt} exceeded timeout_ms={task.request.timeout_ms}"
@@ -327,7 +358,10 @@ class TaskMachine:
         stack = [task]
         while stack:
             parent = stack.pop()
-            children, parent.children = parent.children, []
+            children = parent.children
+            if not children:
+                continue
+            parent.children = ()
             for child_id in children:
                 child = self._tasks.get(child_id)
                 # (a child id may name a newer task after the old one was forgotten)
@@ -337,7 +371,7 @@ class TaskMachine:
                     self._dependency_failed(child, parent)
                     stack.append(child)
                     continue
-                child.waiting_on.discard(parent.task_id)
+                child.waiting_on -= {parent.task_id}
                 if not child.waiting_on:
                     self._enqueue(child)
 
@@ -355,8 +389,9 @@ class TaskMachine:
         self._task_event(task)
         self._actions.append(Finished(task.task_id))
         # payload and metadata are not part of the task's public view: only the result is worth keeping
-        task.request = task.request.model_copy(update={"payload": None, "metadata": {}})
         request = task.request
+        if request.payload is not None or request.metadata:
+            request = task.request = with_fields(request, payload=None, metadata={})
         # what the record still holds besides its fixed overhead: the result, dependencies, constraints
         kept = (task.result_size if task.result is not None else 0) + _KEPT_PER_ITEM * (
             len(request.depends_on) + len(request.constraints)

@@ -8,7 +8,7 @@ core never re-validates them. Field names are the public contract
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -118,6 +118,26 @@ class TaskResult(_Record):
     execution_time_s: float = Field(default=0.0, ge=0, le=1e9)
     started_at: float | None = None
     finished_at: float | None = None
+
+
+_R = TypeVar("_R", bound=_Record)
+
+
+def with_fields(record: _R, **changes: Any) -> _R:
+    """``record.model_copy(update=changes)``: a copy with some fields replaced, not validated again.
+
+    The same result as pydantic's own copy (values, fields set) for our records,
+    which have no extra fields and no private attributes, at a fraction of its
+    cost: the distributor copies every task's request as it is accepted and
+    again as it finishes.
+    """
+    cls = type(record)
+    copied = cls.__new__(cls)
+    object.__setattr__(copied, "__dict__", {**record.__dict__, **changes})
+    object.__setattr__(copied, "__pydantic_fields_set__", record.__pydantic_fields_set__ | changes.keys())
+    object.__setattr__(copied, "__pydantic_extra__", None)
+    object.__setattr__(copied, "__pydantic_private__", None)
+    return copied
 
 
 class _View(BaseModel):

@@ -37,21 +37,27 @@ class Pool:
     def put(self, state: CollectorState, key: Any) -> None:
         """File a collector under ``key`` (a no-op when it is already there)."""
         cid = state.collector_id
-        old = self._where.get(cid, _MISSING)
+        where, buckets = self._where, self._buckets
+        old = where.get(cid, _MISSING)
         if old == key:
             return
         if old is not _MISSING:
-            self._unfile(cid, old)
+            # (_unfile, inlined: a collector moves to another key on every dispatch and result)
+            left = buckets[old]
+            del left[cid]
+            if not left:
+                del buckets[old]
+                del self._keys[bisect.bisect_left(self._keys, old)]
         else:
             self.members[cid] = state
             self._index[cid] = len(self._ids)
             self._ids.append(cid)
-        bucket = self._buckets.get(key)
+        bucket = buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = {}
+            bucket = buckets[key] = {}
             bisect.insort(self._keys, key)
         bucket[cid] = state
-        self._where[cid] = key
+        where[cid] = key
 
     def discard(self, cid: str) -> None:
         if self.members.pop(cid, None) is None:

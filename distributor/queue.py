@@ -20,12 +20,13 @@ _Entry = tuple[str, int]  # (task_id, seq)
 
 
 class _OperationQueue:
-    __slots__ = ("levels", "size")
+    __slots__ = ("levels", "shaped", "size")
 
     def __init__(self) -> None:
         # index 0 unused so a priority is its own index; shape -> FIFO
         self.levels: list[dict[Shape, deque[_Entry]]] = [{} for _ in range(PRIORITY_MAX + 1)]
         self.size = 0
+        self.shaped = 0  # FIFOs in ``levels`` of a shape other than () (constrained tasks)
 
 
 class TaskQueue:
@@ -77,6 +78,8 @@ class TaskQueue:
         fifo = q.levels[priority].get(shape)
         if fifo is None:
             fifo = q.levels[priority][shape] = deque()
+            if shape != ():
+                q.shaped += 1
         # redelivered tasks go ahead of everything queued since: a negative seq
         self._seq += 1
         seq = -self._seq if front else self._seq
@@ -125,16 +128,47 @@ class TaskQueue:
                 head = self._head(operation, priority, shape, level[shape])
                 if head is None:
                     del level[shape]
+                    if shape != ():
+                        q.shaped -= 1
                 else:
                     heads.append(head)
             heads.sort(key=lambda entry: entry[1])
             for task_id, _ in heads:
                 yield priority, task_id
 
+    def plain(self, operation: str) -> bool:
+        """Whether every queued task of ``operation`` has the empty shape ``()`` (no constraints).
+
+        May answer False for an operation whose only other shapes are left over
+        from removed tasks.
+        """
+        q = self._queues.get(operation)
+        return q is not None and not q.shaped
+
     def rank(self, operation: str) -> tuple[int, int]:
-        """(-priority, seq) of the operation's most urgent queued task: smaller is more urgent."""
-        for priority, task_id in self.candidates(operation):
-            return (-priority, self._where[task_id][3])
+        """(-priority, seq) of the operation's most urgent queued task: smaller is more urgent.
+
+        The first of :meth:`candidates`, found without building their list: the
+        distributor ranks every operation with queued work that a freed slot could take.
+        """
+        q = self._queues.get(operation)
+        if q is None or not q.size:
+            return (1, 0)
+        for priority in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1):
+            level = q.levels[priority]
+            if not level:
+                continue
+            oldest: int | None = None
+            for shape in list(level):
+                head = self._head(operation, priority, shape, level[shape])
+                if head is None:
+                    del level[shape]
+                    if shape != ():
+                        q.shaped -= 1
+                elif oldest is None or head[1] < oldest:
+                    oldest = head[1]
+            if oldest is not None:
+                return (-priority, oldest)
         return (1, 0)
 
     def _head(self, operation: str, priority: int, shape: Shape, fifo: deque[_Entry]) -> _Entry | None:

@@ -42,6 +42,10 @@ class CapabilityRegistry:
         self._by_op: dict[str, dict[str, CollectorState]] = {}  # every supporter, any status
         self._shapes: dict[str, OrderedDict[ShapeKey, Pool]] = {}
         self._restricted: dict[str, int] = {}  # supporters that do not accept every priority
+        # per operation, supporters that are available, and those of them with room (in the
+        # pools); an operation with none is absent. Kept up to date by refresh().
+        self._available: dict[str, int] = {}
+        self._open: dict[str, int] = {}
         self._order = order
         self._seq = 0
 
@@ -95,16 +99,32 @@ class CapabilityRegistry:
 
     def refresh(self, state: CollectorState) -> None:
         """Re-file a collector after its load, record or status changed."""
-        cid = state.collector_id
-        if state.status is CollectorStatus.AVAILABLE and state.has_room:
-            key = state.key = self._order(state)
-            for op in state.capability.supported_operations:
-                for shape, pool in self._shapes[op].items():
-                    if _fits(state, shape):
+        old = state.key
+        cap = state.capability
+        available = state.status is CollectorStatus.AVAILABLE
+        if available is not state.counted_available:
+            state.counted_available = available
+            self._count(self._available, state, +1 if available else -1)
+        if available and state.current_tasks < cap.max_concurrent_tasks:
+            key = self._order(state)
+            if old is not None and key == old:
+                return  # filed under this key in every pool it fits already
+            state.key = key
+            if old is None:
+                self._count(self._open, state, +1)
+            priorities, attributes = state.priorities, cap.attributes
+            for op in cap.supported_operations:
+                for (priority, constraints), pool in self._shapes[op].items():
+                    # _fits, inlined: this runs for every dispatch and every result
+                    if (priority is None or priority in priorities) and (
+                        not constraints or satisfied(constraints, attributes)
+                    ):
                         pool.put(state, key)
-        else:
+        elif old is not None:  # an unfiled collector is in no pool
             state.key = None
-            for op in state.capability.supported_operations:
+            self._count(self._open, state, -1)
+            cid = cap.collector_id
+            for op in cap.supported_operations:
                 for pool in self._shapes[op].values():
                     pool.discard(cid)
 
@@ -112,10 +132,17 @@ class CapabilityRegistry:
         """Whether any registered collector (of any status) offers ``operation``."""
         return operation in self._by_op
 
+    def restricted(self, operation: str) -> bool:
+        """Whether a collector offering ``operation`` accepts only some priorities (pools are then per priority)."""
+        return bool(self._restricted.get(operation))
+
+    def has_room(self, operation: str) -> bool:
+        """Whether an available collector offering ``operation`` has a free slot now (any task shape)."""
+        return operation in self._open
+
     def offered(self, operation: str) -> bool:
         """Whether an available collector (not draining, not unhealthy) offers ``operation`` now."""
-        supporters = self._by_op.get(operation)
-        return supporters is not None and any(s.status is CollectorStatus.AVAILABLE for s in supporters.values())
+        return operation in self._available
 
     def pool(self, operation: str, priority: int, constraints: tuple[Constraint, ...] = ()) -> Pool | None:
         """The collectors that can take a task of this shape right now (None: nobody offers the operation)."""
@@ -147,7 +174,12 @@ class CapabilityRegistry:
 
     def _unindex(self, state: CollectorState) -> None:
         cid = state.collector_id
-        state.key = None
+        if state.key is not None:
+            state.key = None
+            self._count(self._open, state, -1)
+        if state.counted_available:
+            state.counted_available = False
+            self._count(self._available, state, -1)
         restricted = state.priorities != _ALL
         for op in state.capability.supported_operations:
             for pool in self._shapes[op].values():
@@ -159,6 +191,16 @@ class CapabilityRegistry:
             if not supporters:
                 del self._by_op[op]
                 del self._shapes[op]
+
+    @staticmethod
+    def _count(counts: dict[str, int], state: CollectorState, delta: int) -> None:
+        """Count ``state`` in (+1) or out (-1) for every operation it supports."""
+        for op in state.capability.supported_operations:
+            after = counts.get(op, 0) + delta
+            if after:
+                counts[op] = after
+            else:
+                del counts[op]
 
     def _count_restricted(self, op: str, delta: int) -> None:
         before = self._restricted.get(op, 0)

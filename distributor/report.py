@@ -41,8 +41,9 @@ class ReportBook:
 
     def finished(self, operation: str, state: TaskState, total_s: float, error_type: str | None) -> None:
         """A task of ``operation`` became final ``state`` ``total_s`` after it was submitted."""
-        name = bounded_key(self._operations, operation)
-        outcomes = self._operations.setdefault(name, _Outcomes())
+        outcomes = self._operations.get(operation)
+        if outcomes is None:
+            outcomes = self._operations.setdefault(bounded_key(self._operations, operation), _Outcomes())
         outcomes.finals[state] += 1
         if state is TaskState.SUCCEEDED:
             outcomes.completion_s.append(total_s)

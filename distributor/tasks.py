@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distributor.constraints import Constraint
 from distributor.models import ErrorInfo, TaskInfo, TaskRequest, TaskResult, TaskState
@@ -34,12 +34,15 @@ class TaskRecord:
     #: encoded size of ``result`` as the host received it (0: not known)
     result_size: int = 0
     error: ErrorInfo | None = None
+    # The three below are empty for most tasks: they start as shared empty values
+    # and a record gets containers of its own only once it needs them (the history
+    # keeps many records, and every container costs memory and garbage-collector work).
     #: collectors on which an attempt failed: a retry goes elsewhere when it can
-    failed_on: set[str] = field(default_factory=set)
+    failed_on: frozenset[str] = frozenset()
     #: parents that have not succeeded yet (the task is pending while non-empty)
-    waiting_on: set[str] = field(default_factory=set)
+    waiting_on: frozenset[str] = frozenset()
     #: tasks that wait on this one
-    children: list[str] = field(default_factory=list)
+    children: tuple[str, ...] | list[str] = ()
 
     @property
     def in_flight(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class TimerKind(enum.IntEnum):
@@ -17,21 +17,23 @@ class TimerKind(enum.IntEnum):
     FORGET_COLLECTOR = 5
 
 
-@dataclass(order=True, slots=True, frozen=True)
-class Timer:
+class Timer(NamedTuple):
     """Due at ``when`` for ``key`` (a task or collector id).
 
     ``serial`` names the record (a task id may be reused after its record was
     forgotten) and ``token`` the attempt; the owner ignores timers whose
-    serial or token no longer match.
+    serial or token no longer match. Timers order by ``(when, seq)``: ``seq``
+    is unique, so the fields after it are never compared. A plain tuple is
+    compared by the interpreter itself, which keeps a push onto a heap of
+    many (mostly stale) attempt timeouts cheap.
     """
 
     when: float
     seq: int
-    kind: TimerKind = field(compare=False)
-    key: str = field(compare=False)
-    serial: int = field(compare=False)
-    token: int = field(compare=False)
+    kind: TimerKind
+    key: str
+    serial: int
+    token: int
 
 
 class TimerHeap:

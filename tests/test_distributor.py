@@ -373,6 +373,16 @@ def test_finished_tasks_beyond_the_history_limit_are_forgotten() -> None:
     assert dist.get(ids[2]).state is TaskState.CANCELLED
 
 
+def test_a_result_without_acceptance_moves_the_task_through_running(dist: TaskDistributor) -> None:
+    dist.register(cap("c1"), 0.0)
+    tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    assert dist.get(tid).state is TaskState.DISPATCHED
+    done = dist.complete(TaskResult(task_id=tid, attempt=1, collector_id="c1", success=True, value=1), 0.1)
+    topics = [a.topic for a in done if isinstance(a, Publish)]
+    assert topics[:2] == ["events.task.running.echo", "events.task.succeeded.echo"]
+    assert dist.get(tid).state is TaskState.SUCCEEDED
+
+
 def test_progress_and_acceptance_are_published(dist: TaskDistributor) -> None:
     dist.register(cap("c1"), 0.0)
     tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
