@@ -259,19 +259,27 @@ class CollectorRuntime:
     async def _execute(self, request: TaskRequest, ctx: TaskContext) -> None:
         assert self._client is not None
         started = time.time()
-        accepted = {"event": "accepted", "task_id": ctx.task_id, "attempt": ctx.attempt}
-        self._client.notify(f"{m.RESULT_PREFIX}.{self.collector_id}", accepted)
+        # ``accepted`` goes out at the end of this loop turn, unless the result is ready by then
+        # (an operation that finishes without waiting): the result alone says the attempt ran
+        accepted = asyncio.get_running_loop().call_soon(self._accepted, ctx)
         try:
             value = await self._call(request, ctx)
             result = self._result(ctx, started, True, value=value)
         except asyncio.CancelledError:
             if self._abandoning:
+                accepted.cancel()
                 return  # deregistering requeues it without using a retry
             result = self._result(ctx, started, False, error=ErrorInfo(type="Cancelled", message="attempt cancelled"))
         except Exception as exc:
             result = self._result(ctx, started, False, error=ErrorInfo(type=type(exc).__name__, message=str(exc)))
+        accepted.cancel()
         # a cancel that crosses the delivery must not cut it: the result stays in the outbox
         await asyncio.shield(self._report(result))
+
+    def _accepted(self, ctx: TaskContext) -> None:
+        assert self._client is not None
+        body = {"event": "accepted", "task_id": ctx.task_id, "attempt": ctx.attempt}
+        self._client.notify(f"{m.RESULT_PREFIX}.{self.collector_id}", body)
 
     async def _call(self, request: TaskRequest, ctx: TaskContext) -> Any:
         found = self._ops.get(request.operation)

@@ -22,7 +22,7 @@ from eventbus.errors import ConfigError, EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE
 from eventbus.lifecycle import Signals, keep_manager_informed, on_reload, status_line, wind_down
 from eventbus.logs import setup_logging
-from eventbus.memory import fix_mmap_threshold
+from eventbus.memory import fix_mmap_threshold, tune_gc
 from eventbus.metrics_http import MetricsServer, serve_metrics
 from eventbus.notify import Notifier, watchdog_interval
 from eventbus.paths import resolve_socket_path
@@ -187,6 +187,7 @@ def main(config_file: Path | None, **flags: Any) -> None:
         settings = source.load()
         setup_logging(settings.log_level, "eventbusd")
         fix_mmap_threshold()
+        tune_gc()
         run_daemon(settings, source)
     except ConfigError as exc:
         click.echo(f"eventbusd: error: {exc}", err=True)
