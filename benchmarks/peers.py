@@ -37,7 +37,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,7 +44,7 @@ import redis
 
 from eventbus.bench.client import Plan, Tally
 from eventbus.bench.phase import PhaseResult
-from eventbus.bench.procs import Child, stop_all
+from eventbus.bench.procs import Child, stop_all, stopped_by_sigterm
 from eventbus.bench.report import ProgressLine, environment, figures
 from eventbus.bench.stats import cpu_seconds, payload
 from eventbus.errors import BenchFailed, EventBusError
@@ -400,7 +399,7 @@ def run(peers: list[str], load: Load, redis_url: str | None, threads: int, progr
     doc: dict[str, Any] = {"in_flight": load.in_flight, "payload_bytes": load.payload_bytes, "tasks": load.tasks}
     doc.update(duration=load.duration, warmup=load.warmup, peers={})
     try:
-        with _stopped_by_sigterm(), redis_server(redis_url, root) as (url, started):
+        with stopped_by_sigterm(), redis_server(redis_url, root) as (url, started):
             with redis.Redis.from_url(url) as client:
                 info = client.info("server")
             doc["redis"] = {"url": url, "started": started, "version": str(info.get("redis_version"))}
@@ -412,20 +411,6 @@ def run(peers: list[str], load: Load, redis_url: str | None, threads: int, progr
         progress.close()
     doc["env"] = environment()
     return doc
-
-
-@contextlib.contextmanager
-def _stopped_by_sigterm() -> Iterator[None]:
-    """SIGTERM stops the run like Ctrl-C, so everything it started is stopped."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def unsuccessful(doc: dict[str, Any]) -> list[str]:

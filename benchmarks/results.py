@@ -18,17 +18,15 @@ import json
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from eventbus.bench.procs import stopped_by_sigterm
 
 HERE = Path(__file__).resolve().parent
 EVENTBUSCTL = Path(sys.executable).parent / "eventbusctl"
@@ -270,20 +268,6 @@ def render(r: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextmanager
-def _stopped_by_sigterm() -> Iterator[None]:
-    """SIGTERM stops the run like Ctrl-C (the running benchmark is stopped too)."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run every tracked benchmark once and write RESULTS.md.")
     parser.add_argument("--tasks", type=int, default=None, help="tasks per configuration (default 5000; --quick 500)")
@@ -315,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {}
     try:
-        with _stopped_by_sigterm():
+        with stopped_by_sigterm():
             for _ in range(args.repeat):
                 for key, command in configs(tasks, peer_tasks).items():
                     runs.setdefault(key, []).append(run_json(command))

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from eventbus._transport import probe
 from eventbus.bench import report
 from eventbus.bench.client import Spec
 from eventbus.bench.phase import PhaseResult, Progress, client_specs, run_phase
-from eventbus.bench.procs import Child, listener_pid, raise_fd_limit, stop_all
+from eventbus.bench.procs import Child, listener_pid, raise_fd_limit, stop_all, stopped_by_sigterm
 from eventbus.errors import BenchFailed, DaemonUnreachable, EventBusError
 from eventbus.paths import resolve_socket_path
 from eventbus.sync_client import SyncClient
@@ -64,23 +59,6 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-@contextlib.contextmanager
-def _stopped_by_sigterm() -> Iterator[None]:
-    """SIGTERM interrupts the bench like Ctrl-C, so its cleanup runs (only the main thread gets signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_bench(opts: BenchOptions, progress: Progress) -> dict[str, Any]:
     """Run the bench and return its document (see :func:`eventbus.bench.report.document`).
 
@@ -90,7 +68,7 @@ def run_bench(opts: BenchOptions, progress: Progress) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="eb-bench-", dir="/tmp"))
     children: list[Child] = []
     try:
-        with _stopped_by_sigterm():
+        with stopped_by_sigterm():
             ours = _ours(opts, root, children, progress)
             stop_all(children)  # nothing of ours competes with the baseline for the cores
             base = _baseline(opts, root, children, progress) if opts.baseline else None

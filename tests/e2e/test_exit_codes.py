@@ -273,8 +273,11 @@ def socket_without_daemon(ctx: Ctx) -> Call:
     return Call(["status"], ctx.own.env)
 
 
-def _wait_on_own_daemon(ctx: Ctx, then: Callable[[Bus], None]) -> Call:
-    """``submit --wait`` on a private daemon; ``then`` runs once the client waits."""
+def _wait_on_own_daemon(ctx: Ctx, then: Callable[[Bus], None], timeout: str = "1") -> Call:
+    """``submit --wait`` on a private daemon; ``then`` runs once the client waits.
+
+    ``timeout`` also bounds how long the client gives a daemon to take the connection back.
+    """
     own = ctx.own
     own.start_daemon()
     own.start_collector("c1", *QUICK_COLLECTOR)
@@ -283,7 +286,7 @@ def _wait_on_own_daemon(ctx: Ctx, then: Callable[[Bus], None]) -> Call:
         wait_until(lambda: proc.poll() is not None or _waiting(own), 10, "the client to wait")
         then(own)
 
-    args = ["--timeout", "1", "submit", "echo", "--require", UNMATCHED, "--wait"]
+    args = ["--timeout", timeout, "submit", "echo", "--require", UNMATCHED, "--wait"]
     return Call(args, own.env, meanwhile=meanwhile)
 
 
@@ -302,7 +305,8 @@ def daemon_restarted(ctx: Ctx) -> Call:
         _kill_daemon(bus)
         bus.start_daemon()
 
-    return _wait_on_own_daemon(ctx, restart)
+    # the new daemon must be up within the client's grace: it takes up to about a second to start
+    return _wait_on_own_daemon(ctx, restart, timeout="10")
 
 
 def daemon_shutting_down(ctx: Ctx) -> Call:
