@@ -47,6 +47,10 @@ class TaskDistributor(TaskMachine):
         """The public view of a task; :class:`UnknownTask` if it is not known."""
         return self._task(task_id).info()
 
+    def state(self, task_id: str) -> TaskState:
+        """A task's state, without building its view; :class:`UnknownTask` if it is not known."""
+        return self._task(task_id).state
+
     def owner(self, task_id: str) -> int | None:
         """Who submitted a task (as passed to :meth:`submit`); :class:`UnknownTask` if it is not known."""
         return self._task(task_id).owner

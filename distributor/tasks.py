@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distributor.constraints import Constraint
-from distributor.models import ErrorInfo, TaskInfo, TaskRequest, TaskResult, TaskState
+from distributor.models import ErrorInfo, TaskInfo, TaskRequest, TaskResult, TaskState, built
 
 IN_FLIGHT = (TaskState.DISPATCHED, TaskState.RUNNING)
 
@@ -50,7 +50,8 @@ class TaskRecord:
 
     def info(self) -> TaskInfo:
         """The public view of the task, built without validation: every field is the record's own."""
-        return TaskInfo.model_construct(
+        return built(
+            TaskInfo,
             task_id=self.task_id,
             operation=self.request.operation,
             priority=self.request.priority,
@@ -66,4 +67,5 @@ class TaskRecord:
             error=self.error,
             constraints=list(self.request.constraints),
             depends_on=list(self.request.depends_on),
+            truncated=False,
         )

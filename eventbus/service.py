@@ -372,7 +372,7 @@ class Service:
     def _wait_batch(self, batch: BatchWait, wait_s: float) -> None:
         """Report the batch's tasks as they become final (those final already at once), or all now past the limit."""
         for task_id, index in list(batch.pending.items()):
-            if self.distributor.get(task_id).state.terminal:
+            if self.distributor.state(task_id).terminal:
                 batch.ready.append((index, task_id))
                 del batch.pending[task_id]
         if not self._waiters.add_batch(batch, wait_s):
@@ -402,13 +402,12 @@ class Service:
         With ``operation``, a task no available collector offers is answered at once with
         ``offered: false``, so the caller can say so rather than wait in silence.
         """
-        info = self.distributor.get(task_id)
-        if info.state.terminal:
-            return info.model_dump()
+        if self.distributor.state(task_id).terminal:
+            return self.distributor.get(task_id).model_dump()
         if operation is not None and not self.distributor.registry.offered(operation):
-            return {**info.model_dump(), "offered": False}
+            return {**self.distributor.get(task_id).model_dump(), "offered": False}
         if not self._waiters.add(task_id, Waiter(identity, env.id, env.topic), wait_s):
-            return info.model_dump()  # too many requests wait already: the current state, at once
+            return self.distributor.get(task_id).model_dump()  # too many wait already: the state now
         return None  # answered when the task finishes or the wait expires
 
     def _get(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from distributor import (
     Publish,
     QueueFull,
     TaskDistributor,
+    TaskInfo,
     TaskRequest,
     TaskResult,
     TaskState,
@@ -371,6 +372,21 @@ def test_finished_tasks_beyond_the_history_limit_are_forgotten() -> None:
     with pytest.raises(UnknownTask):
         dist.get(ids[0])
     assert dist.get(ids[2]).state is TaskState.CANCELLED
+
+
+def test_a_task_s_view_is_what_validating_its_fields_would_build(dist: TaskDistributor) -> None:
+    dist.register(cap("c1"), 0.0)
+    done, _ = dist.submit(TaskRequest(operation="echo", constraints=["skill>=0"]), 0.0)
+    dist.complete(TaskResult(task_id=done, attempt=1, collector_id="c1", success=True, value=[1]), 0.1)
+    queued, _ = dist.submit(TaskRequest(operation="other", depends_on=[done]), 0.2)
+    for task_id in (done, queued):
+        info = dist.get(task_id)
+        assert info.model_fields_set == set(TaskInfo.model_fields) == set(info.__dict__)
+        again = TaskInfo.model_validate(info.model_dump())
+        assert again == info and again.model_dump() == info.model_dump()
+        assert dist.state(task_id) is info.state
+    with pytest.raises(UnknownTask):
+        dist.state("nope")
 
 
 def test_a_result_without_acceptance_moves_the_task_through_running(dist: TaskDistributor) -> None:
