@@ -120,18 +120,9 @@ class TaskQueue:
         if q is None or not q.size:
             return
         for priority in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1):
-            level = q.levels[priority]
-            if not level:
+            if not q.levels[priority]:
                 continue
-            heads = []
-            for shape in list(level):
-                head = self._head(operation, priority, shape, level[shape])
-                if head is None:
-                    del level[shape]
-                    if shape != ():
-                        q.shaped -= 1
-                else:
-                    heads.append(head)
+            heads = self._heads(operation, q, priority)
             heads.sort(key=lambda entry: entry[1])
             for task_id, _ in heads:
                 yield priority, task_id
@@ -148,28 +139,33 @@ class TaskQueue:
     def rank(self, operation: str) -> tuple[int, int]:
         """(-priority, seq) of the operation's most urgent queued task: smaller is more urgent.
 
-        The first of :meth:`candidates`, found without building their list: the
+        The first of :meth:`candidates`, found without walking past its priority level: the
         distributor ranks every operation with queued work that a freed slot could take.
         """
         q = self._queues.get(operation)
         if q is None or not q.size:
             return (1, 0)
         for priority in range(PRIORITY_MAX, PRIORITY_MIN - 1, -1):
-            level = q.levels[priority]
-            if not level:
+            if not q.levels[priority]:
                 continue
-            oldest: int | None = None
-            for shape in list(level):
-                head = self._head(operation, priority, shape, level[shape])
-                if head is None:
-                    del level[shape]
-                    if shape != ():
-                        q.shaped -= 1
-                elif oldest is None or head[1] < oldest:
-                    oldest = head[1]
-            if oldest is not None:
-                return (-priority, oldest)
+            heads = self._heads(operation, q, priority)
+            if heads:
+                return (-priority, min(seq for _, seq in heads))
         return (1, 0)
+
+    def _heads(self, operation: str, q: _OperationQueue, priority: int) -> list[_Entry]:
+        """The oldest live entry of each shape queued at ``priority``; shapes found empty are dropped."""
+        level = q.levels[priority]
+        heads = []
+        for shape in list(level):
+            head = self._head(operation, priority, shape, level[shape])
+            if head is None:
+                del level[shape]
+                if shape != ():
+                    q.shaped -= 1
+            else:
+                heads.append(head)
+        return heads
 
     def _head(self, operation: str, priority: int, shape: Shape, fifo: deque[_Entry]) -> _Entry | None:
         where = self._where
