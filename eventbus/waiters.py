@@ -139,21 +139,22 @@ class Waiters:
         if batch.closed:
             return
         for task_id, index in batch.pending.items():
-            waiting = self._by_task.get(task_id, [])
-            if batch in waiting:
-                waiting.remove(batch)
-                self._count -= 1
-                if not waiting:
-                    del self._by_task[task_id]
+            self._unhold(task_id, batch)
             batch.ready.append((index, task_id))
         batch.pending.clear()
         self._report(batch)
 
     def _expired(self, task_id: str, waiter: Waiter) -> None:
-        waiting = self._by_task.get(task_id, [])
-        if waiter in waiting:
-            waiting.remove(waiter)
-            self._count -= 1
-            if not waiting:
-                del self._by_task[task_id]
+        if self._unhold(task_id, waiter):
             self._answer(waiter, task_id)
+
+    def _unhold(self, task_id: str, waiter: Waiter | BatchWait) -> bool:
+        """Stop holding ``waiter`` for ``task_id``; False if it was not held (already answered)."""
+        waiting = self._by_task.get(task_id, [])
+        if waiter not in waiting:
+            return False
+        waiting.remove(waiter)
+        self._count -= 1
+        if not waiting:
+            del self._by_task[task_id]
+        return True
