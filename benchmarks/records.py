@@ -89,6 +89,7 @@ class TaskRequestS(_Record, frozen=True, kw_only=True):
     deadline: Finite | None = None
     constraints: Annotated[list[Annotated[str, _Meta(max_length=256)]], _Meta(max_length=32)] = []
     depends_on: Annotated[list[TaskIdS], _Meta(max_length=256)] = []
+    idempotency_key: Annotated[str, _Meta(min_length=1, max_length=256)] | None = None
     metadata: MetadataS = {}
     correlation_id: Annotated[str, _Meta(max_length=256)] | None = None
     created_at: Finite | None = None
@@ -157,6 +158,7 @@ class TaskInfoS(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorInfoS | None
     constraints: list[str]
     depends_on: list[str]
+    idempotency_key: str | None = None
     truncated: bool = False
 
 

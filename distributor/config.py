@@ -21,6 +21,8 @@ class DistributorConfig:
     max_finished_tasks: int = 100_000
     #: estimated bytes held by the finished-task history (see distributor.history)
     max_finished_bytes: int = 64 << 20
+    #: a submission repeating the idempotency key of a task submitted this recently returns that task
+    idempotency_ttl_s: float = 86_400.0
     #: an unhealthy collector silent this long is forgotten (as if it had deregistered)
     forget_unhealthy_after_s: float = 300.0
 

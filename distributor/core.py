@@ -15,7 +15,6 @@ from distributor.actions import Action
 from distributor.config import DistributorConfig
 from distributor.constraints import parse_constraints
 from distributor.errors import DuplicateTask, InvalidRequest, InvalidState
-from distributor.machine import TaskMachine
 from distributor.models import (
     CollectorCapability,
     CollectorInfo,
@@ -25,16 +24,17 @@ from distributor.models import (
     TaskRequest,
     TaskResult,
     TaskState,
-    with_fields,
+    compact,
 )
+from distributor.recovery import Recovering
 from distributor.strategies import RoutingStrategy
-from distributor.tasks import TaskRecord
+from distributor.tasks import TaskRecord, idempotency_scope
 from distributor.timers import TimerKind
 
 __all__ = ["DistributorConfig", "TaskDistributor"]
 
 
-class TaskDistributor(TaskMachine):
+class TaskDistributor(Recovering):
     """Routes tasks to collectors; keeps every task's state until it is final.
 
     Every public method takes ``now`` (epoch seconds, supplied by the host)
@@ -122,6 +122,9 @@ class TaskDistributor(TaskMachine):
         state = self.registry.find(capability.collector_id)
         if state is None:
             state = self.registry.add(capability, now)
+            record = self._collector_records.pop(capability.collector_id, None)
+            if record is not None:  # known before the daemon restarted: its record carries on
+                state.tasks_completed, state.tasks_failed, state.total_execution_s = record
             self._schedule_heartbeat_check(state)
             self._collector_event("joined", state)
         else:
@@ -240,6 +243,7 @@ class TaskDistributor(TaskMachine):
             self._task_event(task)
         state = self.registry.get(result.collector_id)
         state.total_execution_s += result.execution_time_s
+        self._collector_changed(state)
         self.timings.ran(task.request.operation, now - (task.dispatched_at or now))
         task.result_size = size
         if result.success:
@@ -264,8 +268,16 @@ class TaskDistributor(TaskMachine):
         ``owner`` identifies the submitter for the host's own access rules (see
         :meth:`owner`); ``size`` is what the task costs in memory (the host's
         frame size), counted against ``max_queued_bytes`` until it finishes.
+        A request repeating the ``idempotency_key`` of a task of the same owner
+        submitted within ``idempotency_ttl_s`` returns that task's id and changes
+        nothing (:meth:`find_idempotent` tells the two cases apart).
         """
         self._now = now
+        key = request.idempotency_key
+        if key is not None:
+            known = self.find_idempotent(key, owner, now)
+            if known is not None:
+                return known, self._drain()
         task_id = request.task_id or self._new_task_id()
         if task_id in self._tasks:
             raise DuplicateTask(f"task {task_id!r} already exists")
@@ -275,13 +287,15 @@ class TaskDistributor(TaskMachine):
         parents = self._parents(task_id, request.depends_on) if request.depends_on else []
         self._admit(request.operation, size)
         created = request.created_at or now
-        request = with_fields(request, task_id=task_id, created_at=created)
+        request = compact(request, task_id=task_id, created_at=created)
         self._serial += 1
         task = TaskRecord(
             request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner, size=size
         )
         self._hold(task, size)
         self._tasks[task_id] = task
+        if key is not None:
+            self._keys[idempotency_scope(owner, key)] = task_id
         self.stats.tasks_submitted += 1
         if request.deadline is not None:
             self._timers.add(request.deadline, TimerKind.DEADLINE, task_id, task.serial)

@@ -86,10 +86,22 @@ class TaskMachine:
         self._serial = 0
         #: publish task and collector events; a host with no subscriber turns this off
         self.events = True
+        #: record what a store must keep (a host with a journal turns this on): see :meth:`take_changes`
+        self.journal = False
+        self._changed: dict[str, TaskRecord] = {}
+        self._changed_collectors: dict[str, CollectorState] = {}
+        #: idempotency scope (see :func:`idempotency_scope`) -> id of the task held in memory that has it
+        self._keys: dict[str, str] = {}
+        #: counters of collectors known before a restart, applied when they register again
+        self._collector_records: dict[str, tuple[int, int, float]] = {}
 
     # ---- events --------------------------------------------------------
 
     def _task_event(self, task: TaskRecord, state: str | None = None, **extra: Any) -> None:
+        # every transition of a task, and nothing else, reports an event; a store need not know that an
+        # attempt it has as dispatched started running (after a restart both are an attempt to redo)
+        if self.journal and state is None and task.state is not TaskState.RUNNING:
+            self._changed[task.task_id] = task
         if self.events:
             self._actions.append(task_event(task, self._now, state, **extra))
 
@@ -130,8 +142,12 @@ class TaskMachine:
         history = self.history
         if len(history) <= history.max_tasks and history.bytes <= history.max_bytes:
             return
+        keys = self._keys
         for task_id in history.overflow(self._calls):
-            self._tasks.pop(task_id, None)
+            task = self._tasks.pop(task_id, None)
+            scope = task.idempotency_scope if task is not None else None
+            if scope is not None and keys.get(scope) == task_id:
+                del keys[scope]
 
     def _hold(self, task: TaskRecord, size: int) -> None:
         """Count ``size`` more (or, negative, fewer) bytes held by unfinished tasks."""
@@ -258,7 +274,8 @@ class TaskMachine:
         if failed is not None:
             self._dependency_failed(task, failed)
             return
-        task.waiting_on = frozenset(p.task_id for p in parents if p.state is not TaskState.SUCCEEDED)
+        if parents:  # (an empty frozenset built from a generator is one more object per task)
+            task.waiting_on = frozenset(p.task_id for p in parents if p.state is not TaskState.SUCCEEDED)
         if not task.waiting_on:
             self._enqueue(task, admit=True)
             return
@@ -316,7 +333,8 @@ class TaskMachine:
         task.state = TaskState.RETRYING
         task.collector_id = None
         delay = self.backoff_s(task.retries)
-        self._timers.add(self._now + delay, TimerKind.RETRY, task.task_id, task.serial, task.attempt)
+        task.retry_at = self._now + delay
+        self._timers.add(task.retry_at, TimerKind.RETRY, task.task_id, task.serial, task.attempt)
         self.stats.tasks_retried += 1
         self._task_event(task, delay_s=delay, error=error.model_dump())
 
@@ -331,6 +349,7 @@ class TaskMachine:
         if state is not None:
             state.tasks_failed += 1
             task.failed_on |= {state.collector_id}
+            self._collector_changed(state)
         self._stop(task, "timeout")
         self.stats.attempts_timed_out += 1
         message = f"attempt {task.attempt} exceeded timeout_ms={task.request.timeout_ms}"
@@ -399,6 +418,11 @@ class TaskMachine:
         self.history.add(task.task_id, self._calls, kept)
 
     # ---- collector liveness -------------------------------------------
+
+    def _collector_changed(self, state: CollectorState) -> None:
+        """A collector's record (tasks completed and failed, execution time) changed."""
+        if self.journal:
+            self._changed_collectors[state.collector_id] = state
 
     def _schedule_heartbeat_check(self, state: CollectorState) -> None:
         """(Re)arm the collector's single heartbeat check; older checks become stale."""

@@ -30,6 +30,10 @@ class TaskRecord:
     queued_at: float | None = None
     dispatched_at: float | None = None
     finished_at: float | None = None
+    #: when a retrying task is queued again
+    retry_at: float | None = None
+    #: the host's own mark: the attempt number its store last wrote for the task (-1: not written yet)
+    stored: int = -1
     result: TaskResult | None = None
     #: encoded size of ``result`` as the host received it (0: not known)
     result_size: int = 0
@@ -43,6 +47,12 @@ class TaskRecord:
     waiting_on: frozenset[str] = frozenset()
     #: tasks that wait on this one
     children: tuple[str, ...] | list[str] = ()
+
+    @property
+    def idempotency_scope(self) -> str | None:
+        """The task's idempotency key as the distributor indexes it: per submitter."""
+        key = self.request.idempotency_key
+        return None if key is None else idempotency_scope(self.owner, key)
 
     @property
     def in_flight(self) -> bool:
@@ -67,5 +77,11 @@ class TaskRecord:
             error=self.error,
             constraints=list(self.request.constraints),
             depends_on=list(self.request.depends_on),
+            idempotency_key=self.request.idempotency_key,
             truncated=False,
         )
+
+
+def idempotency_scope(owner: int | None, key: str) -> str:
+    """An idempotency key is the submitter's own: the same key from another uid names another task."""
+    return f"{'' if owner is None else owner}:{key}"

@@ -110,6 +110,8 @@ class Batch:
             else:
                 slot.taken = True
                 slot.offered = item.get("offered") is not False
+                # the daemon's id: for a spec repeating an idempotency key, that of the first task
+                slot.task_id = str(item.get("task_id") or slot.task_id)
         if int(body.get("remaining", 0)) == 0:
             part.done = True
 

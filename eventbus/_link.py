@@ -180,6 +180,7 @@ class TaskWait:
         ``on_unoffered(task_id)`` is called first when no live collector offers the operation
         (the task stays queued).
         """
+        self.task_id = first.info.task_id  # (for a repeated idempotency key, the first task's)
         if first.info.state.terminal:
             return first.info
         if not first.offered and on_unoffered is not None:

@@ -121,6 +121,10 @@ def run() -> None:
 )
 @click.option("--after", "depends_on", multiple=True, help="run only after this task succeeded (repeatable)")
 @click.option("--id", "task_id", help="task id (generated when absent)")
+@click.option(
+    "--idempotency-key",
+    help="submitting again with the same key (within idempotency_ttl_s) prints the first task's id, runs nothing new",
+)
 @click.option("--wait", is_flag=True, help="wait for the final result and print it")
 @click.option(
     "--wait-timeout", type=FiniteFloatRange(min=0), default=None, help="give up waiting after N seconds (exit 5)"
@@ -136,6 +140,7 @@ def submit(
     constraints: tuple[str, ...],
     depends_on: tuple[str, ...],
     task_id: str | None,
+    idempotency_key: str | None,
     wait: bool,
     wait_timeout: float | None,
 ) -> None:
@@ -155,6 +160,7 @@ def submit(
         "task_id": task_id,
         "constraints": list(constraints) or None,
         "depends_on": list(depends_on) or None,
+        "idempotency_key": idempotency_key,
     }
 
     def unoffered(tid: str) -> None:
@@ -169,7 +175,8 @@ def submit(
             return client.submit(operation, value, **fields)
         return client.run(operation, value, timeout=wait_timeout, on_unoffered=unoffered, **fields)
 
-    out = _run(ctx, call, {"depends_on": "--after", "constraints": "--require", "deadline": "--deadline-s"})
+    flags = {"depends_on": "--after", "constraints": "--require", "deadline": "--deadline-s"}
+    out = _run(ctx, call, {**flags, "idempotency_key": "--idempotency-key"})
     if isinstance(out, TaskInfo):
         _print_final(ctx, out)
     else:
@@ -393,7 +400,7 @@ def cancel(ctx: _Ctx, task_id: str) -> None:
 @main.command()
 @click.pass_obj
 def status(ctx: _Ctx) -> None:
-    """Version, uptime, strategy, collectors, queued and in-flight tasks.
+    """Version, uptime, strategy, collectors, queued and in-flight tasks, durability.
 
     Example: eventbusctl status
     """
@@ -404,7 +411,11 @@ def status(ctx: _Ctx) -> None:
             click.echo(f"{key:18} {data[key]}")
         click.echo(f"{'tasks_in_flight':18} {data['tasks_in_flight']}")
         click.echo(f"{'uptime_s':18} {data['uptime_s']:.1f}")
-        click.echo(f"{'durable':18} {'on' if data['durable'] else 'off'}")
+        # (a daemon before the state database says durable only)
+        mode = data.get("durability", "fsync" if data["durable"] else "none")
+        click.echo(f"{'durable':18} {'on' if data['durable'] else 'off'} (durability {mode})")
+        if data.get("storage_available") is False:
+            click.echo(f"{'storage':18} UNAVAILABLE: the state database cannot be written; submissions are refused")
 
     _emit(ctx, data, human)
 

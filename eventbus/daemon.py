@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -25,11 +27,16 @@ from eventbus.logs import setup_logging
 from eventbus.memory import fix_mmap_threshold, tune_gc
 from eventbus.metrics_http import MetricsServer, serve_metrics
 from eventbus.notify import Notifier, watchdog_interval
-from eventbus.paths import resolve_socket_path
+from eventbus.paths import default_state_dir, resolve_socket_path
 from eventbus.peers import AccessPolicy
 from eventbus.reload import SettingsSource, reload
 from eventbus.service import Service
 from eventbus.settings import DaemonSettings, click_options
+from eventbus.store import Store, open_store
+from eventbus.store.sqlite import check
+
+#: at shutdown, how long the last commits may take before the daemon stops without them
+PERSIST_S = 10.0
 
 log = logging.getLogger("eventbus.daemon")
 
@@ -65,6 +72,7 @@ class Daemon:
             max_pending_bytes_per_peer=settings.max_pending_bytes_per_peer,
             policy=policy,
         )
+        store = open_store(settings)
         service = Service(
             settings,
             broker.send,
@@ -73,15 +81,19 @@ class Daemon:
             transport_counters=broker.counters,
             transport_pending=broker.pending,
             batch_peer=broker.batch_peer,
+            store=store,
         )
+        # bound first, so a second daemon on the socket is told so; nothing is read before recovery is done
         broker.start(loop, service.on_message, service.peer_gone, service.undelivered_later)
         metrics: MetricsServer | None = None
-        if settings.metrics_listen is not None:
-            try:
+        try:
+            _recover(store, service, loop)
+            if settings.metrics_listen is not None:
                 metrics = await serve_metrics(settings.metrics_listen, service)
-            except BaseException:
-                broker.close()
-                raise
+        except BaseException:
+            broker.close()
+            store.close()
+            raise
         helpers = [
             loop.create_task(self._tick(service)),
             loop.create_task(keep_manager_informed(self._notifier, service, self._watchdog_s)),
@@ -104,8 +116,10 @@ class Daemon:
                     log.exception("a background task of the daemon failed")
             if metrics is not None:
                 await metrics.close()
+            await _persist(service, store)
             refused = service.refuse_waiters()
             broker.close()
+            store.close()
             self._notifier.close()
             _final_report(service, refused)
 
@@ -126,6 +140,42 @@ class Daemon:
                 service.tick()
             except Exception:  # a bug in one timer must not stop all timers
                 log.exception("error while firing timers")
+
+
+def _recover(store: Store, service: Service, loop: asyncio.AbstractEventLoop) -> None:
+    """Read back what the store kept and hand it to the service, before any peer is served."""
+    started = time.perf_counter()
+    # every object read here lives on: collecting while they pile up would walk them again and again
+    gc.disable()
+    try:
+        recovered = store.recover()
+        store.start(loop)
+        service.restore(recovered)
+    finally:
+        gc.enable()
+    gc.freeze()
+    if store.durable:
+        states: dict[str, int] = {}
+        for task in recovered.tasks:
+            states[task.state.value] = states.get(task.state.value, 0) + 1
+        log.info(
+            "state %s (durability %s): %d unfinished tasks taken back (%s), %d finished kept, in %.3f s",
+            store.status().get("path"),
+            store.durability,
+            len(recovered.tasks),
+            ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none",
+            recovered.finished,
+            time.perf_counter() - started,
+        )
+
+
+async def _persist(service: Service, store: Store) -> None:
+    """Commit what is left and send what waited on it, unless the disk fails for ``PERSIST_S``."""
+    service.flush()
+    try:
+        await asyncio.wait_for(store.flush(), PERSIST_S)
+    except TimeoutError:
+        log.error("the last changes could not be written to the state database within %gs", PERSIST_S)
 
 
 def _final_report(service: Service, refused: int) -> None:
@@ -176,16 +226,28 @@ def run_daemon(settings: DaemonSettings, source: SettingsSource | None = None) -
     "default /etc/eventbus/eventbusd.toml when it exists]",
 )
 @click_options(DaemonSettings)
+@click.option("--no-durable", is_flag=True, help="keep tasks in memory only: the same as --durability none")
+@click.option(
+    "--check-state", is_flag=True, help="check the state database's integrity, print one line and exit (1: damaged)"
+)
 @click.version_option(__version__, prog_name="eventbusd")
-def main(config_file: Path | None, **flags: Any) -> None:
+def main(config_file: Path | None, no_durable: bool, check_state: bool, **flags: Any) -> None:
     """Run the eventbus daemon in the foreground.
 
     Example: eventbusd --socket /tmp/eb.sock --log-level debug
     """
+    if no_durable:
+        flags["durability"] = "none"
     try:
         source = SettingsSource(config_file, flags)
         settings = source.load()
+        if check_state:
+            sound, line = check(settings.state_dir or default_state_dir())
+            click.echo(line if sound else f"eventbusd: error: {line}", err=not sound)
+            sys.exit(EXIT_OK if sound else 1)
         setup_logging(settings.log_level, "eventbusd")
+        # a write past a file size limit fails (the store reports it) instead of killing the daemon
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         fix_mmap_threshold()
         tune_gc()
         run_daemon(settings, source)

@@ -116,6 +116,18 @@ class SocketInUse(ConfigError):
     code = "socket_in_use"
 
 
+class StorageUnavailable(EventBusError):
+    """The state database cannot be written (disk full, read-only, I/O error): submissions are refused."""
+
+    code = "storage_unavailable"
+
+
+class StateCorrupt(EventBusError):
+    """The state database cannot be read or fails its integrity check: the daemon will not start on it."""
+
+    code = "state_corrupt"
+
+
 class BenchFailed(EventBusError):
     """``eventbusctl bench`` could not run its tasks: a helper process (collector, client, baseline) failed."""
 
@@ -137,6 +149,7 @@ _BY_CODE: dict[str, type[EventBusError]] = {
         RequestTimeout,
         ShuttingDown,
         MetricsUnavailable,
+        StorageUnavailable,
     )
 }
 
@@ -176,6 +189,8 @@ __all__ = [
     "RequestTimeout",
     "ShuttingDown",
     "SocketInUse",
+    "StateCorrupt",
+    "StorageUnavailable",
     "TooDeep",
     "TooLarge",
     "UnknownCollector",

@@ -49,6 +49,13 @@ COUNTERS = {
     "connections": "Connections vetted by the access policy.",
     "connections_refused": "Connections refused by the access policy.",
     "events_dropped": "Events a subscriber did not get because its connection was full (each gap is announced).",
+    "tasks_recovered": "Unfinished tasks taken back from the state database at start.",
+    "store_commits": "Transactions committed to the state database (each covers every change of one or more loop "
+    "iterations).",
+    "store_rows_written": "Task rows written to the state database.",
+    "store_failed_writes": "Writes to the state database that failed (and were retried).",
+    "store_finished_dropped": "Finished tasks dropped from the state database (result_ttl_s, max_results, "
+    "max_result_bytes).",
 }
 
 #: gauges of ``stats`` exposed as ``eventbus_<key>``, with their help text
@@ -61,6 +68,9 @@ GAUGES = {
     "finished_bytes": "Estimated memory of the finished tasks kept for queries.",
     "subscribers": "Connections subscribed to events.",
     "waiting_requests": "Requests held until a task is final (long-poll gets).",
+    "store_available": "1 while the state database can be written (0: submissions are refused storage_unavailable).",
+    "store_finished_kept": "Finished tasks kept in the state database.",
+    "store_finished_bytes": "Bytes of the finished tasks kept in the state database.",
 }
 
 #: the timing histograms: (name, help, attribute of distributor.timings.OperationTimings)
@@ -117,7 +127,7 @@ class ServiceCollector(Collector):
             rejected.add_metric([code], n)
         yield rejected
         for key, doc in GAUGES.items():
-            yield GaugeMetricFamily(PREFIX + key, doc, value=snap[key])
+            yield GaugeMetricFamily(PREFIX + key, doc, value=snap.get(key, 0))
         yield from self._labelled_gauges(snap["queue_depths"])
         yield from self._histograms()
 

@@ -1,4 +1,4 @@
-"""Where the daemon's socket lives (ARCHITECTURE.md, "Processes and commands")."""
+"""Where the daemon's socket and state live (ARCHITECTURE.md, "Processes and commands")."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "eventbus" / SOCKET_NAME
     return Path(f"/tmp/eventbus-{os.getuid()}") / SOCKET_NAME
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the state database lives when no ``state_dir`` is set: systemd's, the user's state dir, or ~."""
+    env = os.environ if environ is None else environ
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "eventbus"
+    return Path.home() / ".local" / "state" / "eventbus"
 
 
 def resolve_socket_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:

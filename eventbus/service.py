@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from distributor import (
@@ -26,9 +27,12 @@ from distributor import (
     Publish,
     TaskDistributor,
     TaskRequest,
+    TaskState,
     make_strategy,
 )
+from distributor.models import TaskInfo
 from distributor.strategies import STRATEGIES
+from distributor.tasks import idempotency_scope
 from eventbus import messages as m
 from eventbus import report
 from eventbus._version import __version__
@@ -39,7 +43,9 @@ from eventbus.errors import (
     InvalidRequest,
     ProtocolError,
     ShuttingDown,
+    StorageUnavailable,
     TooLarge,
+    UnknownTask,
     UnknownVerb,
 )
 from eventbus.fanout import Fanout
@@ -47,6 +53,7 @@ from eventbus.metrics_http import load_exporter
 from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, item_frames, task_page
 from eventbus.settings import DaemonSettings
+from eventbus.store import NullStore, Recovered, Store, rows
 from eventbus.waiters import BatchWait, Waiter, Waiters
 from eventbus.wire import Envelope, Kind, decode, decode_batch, encode, error_body, is_batch, peek_id, weigh
 
@@ -75,14 +82,22 @@ class Service:
         transport_pending: Callable[[], tuple[int, int]] = lambda: (0, 0),
         batch_peer: Callable[[bytes], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
+        self._loop = loop
+        self.store: Store = store if store is not None else NullStore()
         self._send = send
         self._clock = clock
         self.started_at = clock()
         self.distributor = TaskDistributor(_distributor_config(settings), strategy=make_strategy(settings.strategy))
         self.fanout = Fanout(send, clock, settings.max_message_size)
         self.distributor.events = False  # built only while somebody subscribes
+        #: with a durable store, what a loop iteration changed is committed before anything it caused is sent
+        self._journal = self.distributor.journal = self.store.durable
+        #: frames caused by changes not committed yet: sent once the commit holding those changes is done
+        self._held: list[tuple[bytes, bytes]] = []
+        self._flush_due = False
         self.bad_frames = 0
         self.forbidden = 0
         self.undelivered = 0
@@ -219,11 +234,49 @@ class Service:
         self._deliver(identity, data)
 
     def _deliver(self, identity: bytes, data: bytes) -> bool:
-        """Hand a frame to the transport; one it drops (peer gone, or its queue over budget) is counted."""
+        """Hand a frame to the transport; one it drops (peer gone, or its queue over budget) is counted.
+
+        A frame caused by a change the store has not committed yet (a reply with a new task id, a
+        dispatch with a new attempt number, the answer to a finished task) waits for that commit.
+        """
+        if self._journal and self.distributor.has_changes:
+            self._held.append((identity, data))
+            return True
         if self._send(identity, data):
             return True
         self.undelivered += 1
         return False
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_due and self.distributor.has_changes:
+            self._flush_due = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand what changed to the store; the frames it caused go out once it is committed (group commit).
+
+        Runs once per loop iteration that changed something, after the callbacks that changed it, so one
+        commit covers every submission, dispatch and result of the iteration.
+        """
+        self._flush_due = False
+        held, self._held = self._held, []
+        self.store.commit(rows.batch(self.distributor.take_changes()), lambda: self._send_held(held))
+
+    def _send_held(self, held: list[tuple[bytes, bytes]]) -> None:
+        for identity, data in held:
+            if not self._send(identity, data):
+                self.undelivered_later(identity, 1)
+
+    def restore(self, recovered: Recovered) -> None:
+        """Take back what the store kept (at startup, before any peer is served)."""
+        actions = self.distributor.restore(
+            recovered.tasks,
+            self._clock(),
+            parents=recovered.parents,
+            last_serial=recovered.last_serial,
+            collectors=recovered.collectors,
+        )
+        self.perform(actions)
 
     def _reply_error(self, identity: bytes, env: Envelope, exc: EventBusError) -> None:
         self.rejected[exc.code] += 1
@@ -256,6 +309,8 @@ class Service:
                 )
             elif isinstance(action, Finished):
                 self._waiters.finished(action.task_id)
+        if self._journal:
+            self._schedule_flush()
 
     def _dispatch(self, action: Dispatch) -> bool:
         topic = f"{m.TASK_PREFIX}.{action.collector_type}.{action.collector_id}"
@@ -328,22 +383,59 @@ class Service:
         if "wait" in body or "wait_s" in body:
             body = dict(body)
             wait = m.parse(m.SubmitWait, {k: body.pop(k) for k in m.SUBMIT_WAIT_KEYS if k in body})
-        task_id, request = self._take(body, env.size, env.weight)
+        task_id, request, first = self._take(body, env.size, env.weight)
         if wait is None or not wait.wait:
-            return {"task_id": task_id}
+            return {"task_id": task_id} if first is None else {"task_id": task_id, **first}
         return self._hold(identity, env, task_id, wait.wait_s, request.operation)
 
-    def _take(self, body: dict[str, Any], size: int, weight: int) -> tuple[str, TaskRequest]:
-        """Validate and submit one task (``size`` bytes on the wire, ``weight`` in memory): its id and request."""
+    def _take(self, body: dict[str, Any], size: int, weight: int) -> tuple[str, TaskRequest, dict[str, Any] | None]:
+        """Validate and submit one task (``size`` bytes on the wire, ``weight`` in memory).
+
+        Returns its id, the request, and for a resubmission of an idempotency key
+        ``{"duplicate": True, "state": ...}`` of the first task (nothing is submitted then).
+        """
         if size + DISPATCH_OVERHEAD > self._max:
             raise TooLarge(
                 f"a task of {size} bytes leaves no room for the dispatch envelope "
                 f"(limit {self._max} bytes, overhead up to {DISPATCH_OVERHEAD})"
             )
         request = m.parse(TaskRequest, body)
-        task_id, actions = self.distributor.submit(request, self._clock(), owner=self._sender.uid, size=weight)
+        now, owner = self._clock(), self._sender.uid
+        if request.idempotency_key is not None:
+            first = self._first(request.idempotency_key, owner, now)
+            if first is not None:
+                return first.task_id, request, {"duplicate": True, "state": first.state.value}
+        if not self.store.available:
+            raise StorageUnavailable(
+                f"the state database cannot be written ({self.store.status().get('last_error')}); "
+                "submissions are refused until it can"
+            )
+        task_id, actions = self.distributor.submit(request, now, owner=owner, size=weight)
         self.perform(actions)
-        return task_id, request
+        return task_id, request, None
+
+    def _first(self, key: str, owner: int | None, now: float) -> TaskInfo | None:
+        """The task ``owner`` submitted with idempotency ``key`` within idempotency_ttl_s, held or kept."""
+        task_id = self.distributor.find_idempotent(key, owner, now)
+        if task_id is not None:
+            return self.distributor.get(task_id)
+        return self.store.keyed(idempotency_scope(owner, key), now - self.settings.idempotency_ttl_s)
+
+    def _view(self, task_id: str) -> TaskInfo:
+        """A task's view, from memory or else from the store; :class:`UnknownTask` if neither has it."""
+        try:
+            return self.distributor.get(task_id)
+        except UnknownTask:
+            stored = self.store.task(task_id)
+            if stored is None:
+                raise
+            return stored
+
+    def _state(self, task_id: str) -> TaskState:
+        try:
+            return self.distributor.state(task_id)
+        except UnknownTask:
+            return self._view(task_id).state
 
     def _batch(self, identity: bytes, env: Envelope, _: str) -> None:
         """Submit each spec on its own: one that fails is answered with its error and index, the rest are taken."""
@@ -354,12 +446,12 @@ class Service:
             try:
                 if not isinstance(spec, dict):
                     raise InvalidRequest(f"a task spec must be a map, got {type(spec).__name__}")
-                task_id, request = self._take(spec, *weigh(spec))
+                task_id, request, first = self._take(spec, *weigh(spec))
             except EventBusError as exc:
                 self.rejected[exc.code] += 1
                 items.append({"index": index, "error": error_body(exc.code, f"tasks[{index}]: {exc.message}")})
                 continue
-            item: dict[str, Any] = {"index": index, "task_id": task_id}
+            item: dict[str, Any] = {"index": index, "task_id": task_id, **(first or {})}
             if batch.wait and not self.distributor.registry.offered(request.operation):
                 item["offered"] = False
             items.append(item)
@@ -372,7 +464,7 @@ class Service:
     def _wait_batch(self, batch: BatchWait, wait_s: float) -> None:
         """Report the batch's tasks as they become final (those final already at once), or all now past the limit."""
         for task_id, index in list(batch.pending.items()):
-            if self.distributor.state(task_id).terminal:
+            if self._state(task_id).terminal:
                 batch.ready.append((index, task_id))
                 del batch.pending[task_id]
         if not self._waiters.add_batch(batch, wait_s):
@@ -385,7 +477,7 @@ class Service:
         items: list[dict[str, Any]] = []
         for index, task_id in ready:
             try:
-                items.append({"index": index, "task": self.distributor.get(task_id).model_dump()})
+                items.append({"index": index, "task": self._view(task_id).model_dump()})
             except EventBusError as exc:  # dropped from the history since
                 items.append({"index": index, "task_id": task_id, "error": error_body(exc.code, exc.message)})
         self._send_items(batch.identity, batch.correlation_id, batch.topic, items, len(batch.pending))
@@ -402,8 +494,8 @@ class Service:
         With ``operation``, a task no available collector offers is answered at once with
         ``offered: false``, so the caller can say so rather than wait in silence.
         """
-        if self.distributor.state(task_id).terminal:
-            return self.distributor.get(task_id).model_dump()
+        if self._state(task_id).terminal:
+            return self._view(task_id).model_dump()
         if operation is not None and not self.distributor.registry.offered(operation):
             return {**self.distributor.get(task_id).model_dump(), "offered": False}
         if not self._waiters.add(task_id, Waiter(identity, env.id, env.topic), wait_s):
@@ -413,12 +505,12 @@ class Service:
     def _get(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:
         body = m.parse(m.GetBody, env.body)
         if not body.wait_s:
-            return self.distributor.get(body.task_id).model_dump()
+            return self._view(body.task_id).model_dump()
         return self._hold(identity, env, body.task_id, body.wait_s)
 
     def _answer(self, waiter: Waiter, task_id: str) -> None:
         try:
-            body = self.distributor.get(task_id).model_dump()
+            body = self._view(task_id).model_dump()
         except EventBusError as exc:
             self._reply_error(waiter.identity, Envelope(Kind.REQUEST, waiter.correlation_id, waiter.topic), exc)
             return
@@ -436,7 +528,23 @@ class Service:
         body = m.parse(m.ListBody, env.body)
         after = None if body.after is None else int(body.after)
         found = self.distributor.tasks_before(after, body.state, body.operation)
+        if self.store.durable and (body.state is None or body.state.terminal):
+            kept = self._kept_before(after, body.state, body.operation, body.limit + 1)
+            found = heapq.merge(found, kept, key=lambda item: -item[0])
         return task_page(found, body.limit, env.id, env.topic, self._max)
+
+    def _kept_before(
+        self, cursor: int | None, state: TaskState | None, operation: str | None, step: int
+    ) -> Iterator[tuple[int, TaskInfo]]:
+        """Finished tasks only the store still has (older than ``cursor``), newest first, read a page at a time."""
+        while True:
+            page = self.store.older_than(cursor, state, operation, step)
+            for serial, info in page:
+                if not self.distributor.holds(info.task_id):
+                    yield serial, info
+            if len(page) < step:
+                return
+            cursor = page[-1][0]
 
     def _strategy(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.StrategyBody, env.body)
@@ -455,7 +563,9 @@ class Service:
             "active_collectors": snap["active_collectors"],
             "tasks_queued": snap["tasks_queued"],
             "tasks_in_flight": snap["tasks_in_flight"],
-            "durable": False,
+            "durable": self.store.durable,
+            "durability": self.store.durability,
+            "storage_available": self.store.available,
             "socket": str(self.settings.socket),
         }
 
@@ -484,6 +594,7 @@ class Service:
         snap["subscribers"] = len(self.fanout)
         snap["events_dropped"] = self.fanout.dropped
         snap["waiting_requests"] = len(self._waiters)
+        snap.update({f"store_{key}": value for key, value in self.store.status().items()})
         return snap
 
     def _subscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE
 
 ENV_PREFIX = "EVENTBUS_"
 LogLevel = Literal["debug", "info", "warning", "error"]
+Durability = Literal["fsync", "process", "none"]
 
 
 class _Settings(BaseModel):
@@ -106,6 +107,35 @@ class DaemonSettings(_Settings):
         ge=0,
         description="on SIGTERM, how long running attempts may finish before the daemon stops anyway "
         "(a second SIGTERM stops at once)",
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        description="where the state database lives (default: $STATE_DIRECTORY under systemd, else "
+        "$XDG_STATE_HOME/eventbus, else ~/.local/state/eventbus); one daemon at a time may use it",
+    )
+    durability: Durability = Field(
+        default="fsync",
+        description="what an acknowledged submission survives: fsync, a power loss or kill -9 (each commit "
+        "is synced to disk); process, kill -9 of the daemon but not a power loss or OS crash; none, "
+        "nothing (memory only, no state database; also --no-durable)",
+    )
+    result_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="finished tasks stay readable in the state database this long"
+    )
+    max_results: int = Field(
+        default=1_000_000, ge=1, description="finished tasks kept in the state database; the oldest go first"
+    )
+    max_result_bytes: int = Field(
+        default=1 << 30,
+        ge=1 << 20,
+        description="bytes of finished tasks (request and result as stored) kept in the state database; "
+        "the oldest go first",
+    )
+    idempotency_ttl_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="a submission repeating the idempotency_key of one from the same uid this recently returns "
+        "that task instead of making another (keys live as long as their task is kept)",
     )
     metrics_listen: str | None = Field(
         default=None,

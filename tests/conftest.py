@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -18,6 +20,13 @@ def pytest_runtest_makereport(
     setattr(item, f"rep_{report.when}", report)
     return report
 
+
+# No daemon a test starts may write to the user's state directory: each e2e daemon gets a state
+# directory of its own (tests/e2e/conftest.py); anything else lands in this throwaway one.
+_STATE_HOME = tempfile.TemporaryDirectory(prefix="eb-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_HOME.name
+os.environ.pop("STATE_DIRECTORY", None)
+os.environ.pop("EVENTBUS_STATE_DIR", None)
 
 # Machines here are noisy: a per-example deadline would turn load into failures.
 settings.register_profile("eventbus", deadline=None)

@@ -102,3 +102,20 @@ def test_run_many_reports_tasks_a_restarted_daemon_does_not_know_as_lost() -> No
         assert isinstance(got, EventBusError) and got.code == "daemon_restarted"
 
     play(scenario)
+
+
+def test_a_repeated_idempotency_key_names_the_first_task_in_every_verb() -> None:
+    async def scenario(scene: Scene) -> None:
+        admin = scene.admin
+        first = await admin.submit("echo", {"n": 1}, idempotency_key="k1")
+        (again,) = await admin.submit_many([{"operation": "echo", "payload": {"n": 2}, "idempotency_key": "k1"}])
+        assert again == first  # the daemon's id, not the one this client proposed for the spec
+        assert await admin.submit("echo", {"n": 3}, idempotency_key="k1") == first
+        (ran,) = [o async for o in admin.run_many([{"operation": "echo", "idempotency_key": "k1"}], timeout=4)]
+        assert isinstance(ran, TaskInfo) and ran.task_id == first and ran.result is not None
+        assert ran.result.value == {"n": 1} and ran.idempotency_key == "k1"
+        waited = await admin.run("echo", {"n": 4}, idempotency_key="k1", timeout=4)
+        assert waited.task_id == first
+        assert len(await admin.tasks()) == 1
+
+    play(scenario)

@@ -87,7 +87,8 @@ class Bus:
         self.root = root
         self.socket = root / "eb.sock"
         self.procs: list[Proc] = []
-        self.env = {**os.environ, "EVENTBUS_SOCKET": str(self.socket)}
+        self.state = root / "state"
+        self.env = {**os.environ, "EVENTBUS_SOCKET": str(self.socket), "EVENTBUS_STATE_DIR": str(self.state)}
         self.daemon: Proc | None = None
 
     def start_daemon(self, *args: str) -> Proc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -65,12 +66,26 @@ def test_wait_across_a_daemon_restart_exits_3_saying_the_fate_is_unknown(bus: Bu
     waiter = _waiting_ctl(bus)
     stopped = time.monotonic()
     _stop_daemon(bus, sig)
-    bus.start_daemon()  # a new daemon, which does not know the task
+    bus.start_daemon("--no-durable")  # a new daemon, which does not know the task
     assert waiter.wait(PROMPT_S) == EXIT_UNREACHABLE, waiter.output()
     assert time.monotonic() - stopped < PROMPT_S
     out = waiter.output()
     assert GONE[sig] in out and "unknown" in out, out
     assert "Traceback" not in out
+
+
+def test_wait_across_a_kill_9_of_a_durable_daemon_ends_with_the_result(bus: Bus) -> None:
+    """The restarted daemon knows the task (it was committed before the id was given out): the wait goes on."""
+    collector = bus.start_collector("demo1")
+    argv = [command("eventbusctl"), "--json", "submit", "sleep", "--payload", '{"seconds": 1}', "--wait"]
+    waiter = bus.spawn(argv, "waiter")
+    _in_flight(bus)
+    _stop_daemon(bus, signal.SIGKILL)
+    bus.start_daemon()
+    assert waiter.wait(PROMPT_S) == 0, waiter.output()
+    info = json.loads(waiter.output())
+    assert info["state"] == "succeeded" and info["attempt"] == 2, info  # attempt 1 died with the daemon's lease
+    collector.signal(signal.SIGKILL)
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
@@ -93,7 +108,7 @@ def test_async_wait_across_a_kill_9_and_restart_raises_daemon_restarted(bus: Bus
             waiting = asyncio.create_task(client.wait(task_id))
             await asyncio.to_thread(_in_flight, bus)
             _stop_daemon(bus, signal.SIGKILL)
-            await asyncio.to_thread(bus.start_daemon)
+            await asyncio.to_thread(bus.start_daemon, "--no-durable")
             with pytest.raises(DaemonRestarted, match="unknown"):
                 await asyncio.wait_for(waiting, PROMPT_S)
 

@@ -303,7 +303,7 @@ def daemon_went_away(ctx: Ctx) -> Call:
 def daemon_restarted(ctx: Ctx) -> Call:
     def restart(bus: Bus) -> None:
         _kill_daemon(bus)
-        bus.start_daemon()
+        bus.start_daemon("--no-durable")  # one that does not know the task (a durable one would)
 
     # the new daemon must be up within the client's grace: it takes up to about a second to start
     return _wait_on_own_daemon(ctx, restart, timeout="10")

@@ -27,12 +27,20 @@ def test_an_unserved_operation_cannot_keep_echo_out_of_the_queue(bare_bus: Bus) 
     assert (out.returncode, out.stdout.strip()) == (0, '"still served"'), out.stderr
 
 
-def test_task_on_an_evicted_task_says_it_was_evicted(bare_bus: Bus) -> None:
-    bare_bus.start_daemon("--max-finished-tasks", "1")
+@pytest.mark.parametrize("durable", [False, True], ids=["memory-only", "durable"])
+def test_task_on_an_evicted_task_says_it_was_evicted(bare_bus: Bus, durable: bool) -> None:
+    """Evicted from memory: a durable daemon reads it from its state database, a memory-only one has lost it."""
+    limits = ("--max-finished-tasks", "1")
+    bare_bus.start_daemon(*limits, *(() if durable else ("--no-durable",)))
     bare_bus.start_collector("c1")
     for task_id in ("first", "second"):
         assert bare_bus.ctl("submit", "echo", "--id", task_id, "--wait", "--wait-timeout", "20").returncode == 0
     out = bare_bus.ctl("--json", "task", "first")
+    if durable:
+        assert out.returncode == 0 and json.loads(out.stdout)["state"] == "succeeded", out
+        listed = bare_bus.ctl("--json", "tasks")
+        assert [t["task_id"] for t in json.loads(listed.stdout)] == ["second", "first"], listed.stdout
+        return
     assert out.returncode == 4
     error = json.loads(out.stdout)["error"]
     assert error["code"] == "not_found"
