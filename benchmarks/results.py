@@ -210,6 +210,14 @@ def ratio_lines(r: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: what each durability mode of eventbusd means for the figures (its ``--durability``)
+_DURABILITY = {
+    "fsync": "every submission is acknowledged after an fsync'd SQLite commit, group-committed per loop iteration",
+    "process": "every submission is acknowledged after a SQLite commit in WAL mode, not fsync'd per commit",
+    "none": "tasks are kept in memory only",
+}
+
+
 def setup_lines(r: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     """Machine, versions and workload."""
     env, peers, redis_doc, m = r["w100"]["env"], r["peers"]["peers"], r["peers"]["redis"], meta["machine"]
@@ -236,8 +244,9 @@ def setup_lines(r: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[str]
         f"Echo tasks with a {PAYLOAD_BYTES} B payload from 1 client process that keeps W tasks in flight; "
         f"{meta['tasks']:,} tasks measured per configuration{peer_tasks} after a warm-up; tasks/s from the first "
         "submit to the last result, latency from submit to result. Every result is "
-        "checked against its input. eventbusd keeps tasks in memory only; the raw baseline is a pyzmq ROUTER broker "
-        "and one echo worker, measured by the same bench invocation.",
+        f"checked against its input. eventbusd runs with durability {env.get('durability', 'none')} "
+        f"({_DURABILITY.get(env.get('durability', 'none'), 'see its --durability')}); the raw baseline is a pyzmq "
+        "ROUTER broker and one echo worker, measured by the same bench invocation.",
         "",
         f"- Celery: {peers['celery']['settings']}.",
         f"- Dramatiq: {peers['dramatiq']['settings']}.",

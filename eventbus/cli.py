@@ -534,6 +534,13 @@ def watch(ctx: _Ctx, patterns: tuple[str, ...], count: int | None) -> None:
 @click.option("--payload-bytes", type=click.IntRange(0, 256 << 10), default=64, show_default=True)
 @click.option("--operation", type=click.Choice(["echo"]), default="echo", show_default=True)
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="also run the raw pyzmq baseline")
+@click.option(
+    "--durability",
+    metavar="MODE[,MODE]",
+    multiple=True,
+    help="the private eventbusd's durability: fsync, process or none (repeatable or comma-separated: "
+    "one run per mode, each on a fresh daemon; the first is reported at the top level) [default fsync]",
+)
 @click.pass_obj
 def bench(
     ctx: _Ctx,
@@ -546,20 +553,35 @@ def bench(
     payload_bytes: int,
     operation: str,
     baseline: bool,
+    durability: tuple[str, ...],
 ) -> None:
     """Throughput and latency through eventbusd, next to a raw pyzmq broker on the same machine.
 
-    Without --socket it runs its own eventbusd on a temp socket (EVENTBUS_SOCKET is not enough:
-    a bench never loads a shared daemon by accident); with --socket it uses that daemon. Either
-    way it starts its own collectors, idle collectors and client processes, and stops them.
+    Without --socket it runs its own eventbusd on a temp socket with its state in a temp directory
+    (EVENTBUS_SOCKET is not enough: a bench never loads a shared daemon by accident), once per
+    --durability mode; with --socket it uses that daemon, in its own mode. Either way it starts its
+    own collectors, idle collectors and client processes, and stops them.
     Exit 1 if a task failed, came back with a wrong value or was lost.
 
-    Example: eventbusctl bench --tasks 20000 --in-flight 100 --idle-collectors 1000
+    Example: eventbusctl bench --tasks 20000 --in-flight 100 --durability fsync,none
     """
     from eventbus import bench as b  # imported here: the other commands do not load it
 
     if tasks is not None and duration is not None:
         raise click.UsageError("give --tasks or --duration, not both")
+    socket = click.get_current_context().find_root().params.get("socket")
+    modes: list[str] = []
+    for mode in (m.strip() for given in durability for m in given.split(",")):
+        if mode not in b.DURABILITY_MODES:
+            raise click.BadParameter(
+                f"{mode!r} is not one of {', '.join(b.DURABILITY_MODES)}", param_hint="--durability"
+            )
+        if mode not in modes:
+            modes.append(mode)
+    if modes and socket is not None:
+        raise click.UsageError(
+            "--durability is for the bench's private daemon: with --socket, that daemon's own is measured"
+        )
     opts = b.BenchOptions(
         collectors=collectors,
         idle_collectors=idle_collectors,
@@ -570,7 +592,8 @@ def bench(
         payload_bytes=payload_bytes,
         operation=operation,
         baseline=baseline,
-        socket=click.get_current_context().find_root().params.get("socket"),
+        socket=socket,
+        durability=tuple(modes) or ("fsync",),
     )
     try:
         doc = b.run_bench(opts, b.ProgressLine(sys.stderr))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import zmq
@@ -15,9 +16,6 @@ from eventbus.bench.stats import latency_ms
 if TYPE_CHECKING:
     from eventbus.bench.phase import PhaseResult
     from eventbus.bench.run import BenchOptions
-
-#: the durability mode measured: eventbusd keeps tasks in memory only (no durable mode exists yet)
-DURABILITY = "none"
 
 
 def figures(result: PhaseResult) -> dict[str, Any]:
@@ -45,21 +43,39 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
     return None if ours is None or not theirs else round(ours / theirs, 3)
 
 
-def environment() -> dict[str, Any]:
-    return {
+def environment(durability: str | None = None) -> dict[str, Any]:
+    """The machine and versions, and ``durability``: the daemon's mode behind the top-level figures
+    (left out where no eventbusd was measured)."""
+    env = {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "pyzmq": zmq.pyzmq_version(),
         "libzmq": zmq.zmq_version(),
         "eventbus": __version__,
-        "durability": DURABILITY,
+        "durability": durability,
         "platform": platform.platform(),
     }
+    if durability is None:
+        del env["durability"]
+    return env
 
 
-def document(opts: BenchOptions, ours: PhaseResult, base: PhaseResult | None) -> dict[str, Any]:
-    """Every figure of a run, ours at the top level and the raw pyzmq baseline under ``baseline``."""
-    doc = figures(ours)
+def durability_ratios(per_mode: Mapping[str, dict[str, Any]]) -> dict[str, float | None] | None:
+    """Each mode's tasks/s over that of durability ``none`` (itself 1.0); None when ``none`` was not measured."""
+    if "none" not in per_mode:
+        return None
+    memory = per_mode["none"]["tasks_per_s"]
+    return {mode: _ratio(figs["tasks_per_s"], memory) for mode, figs in per_mode.items()}
+
+
+def document(opts: BenchOptions, ours: Mapping[str, PhaseResult], base: PhaseResult | None) -> dict[str, Any]:
+    """Every figure of a run: the eventbus phase of each durability mode (``ours``, in the order run) under
+    ``durability``, the first of them also at the top level, and the raw pyzmq baseline under ``baseline``."""
+    if not ours:
+        raise ValueError("no eventbus phase to report")
+    per_mode = {mode: figures(result) for mode, result in ours.items()}
+    first = next(iter(per_mode))
+    doc = figures(ours[first])
     theirs = figures(base) if base is not None else None
     doc.update(
         collectors=opts.collectors,
@@ -72,17 +88,27 @@ def document(opts: BenchOptions, ours: PhaseResult, base: PhaseResult | None) ->
         baseline=theirs,
         throughput_ratio=_ratio(doc["tasks_per_s"], theirs["tasks_per_s"]) if theirs else None,
         p99_ratio=_ratio(doc["latency_ms"]["p99"], theirs["latency_ms"]["p99"]) if theirs else None,
-        env=environment(),
+        durability=per_mode,
+        durability_ratio_to_none=durability_ratios(per_mode),
+        env=environment(first),
     )
     return doc
+
+
+def _phases(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, figures) of every phase in ``doc``: each durability mode (or the top level), then the baseline."""
+    modes = doc.get("durability") or {}
+    if modes:
+        ours = [(f"eventbus ({mode})" if len(modes) > 1 else "eventbus", figs) for mode, figs in modes.items()]
+    else:
+        ours = [("eventbus", doc)]
+    return ours + ([("baseline", doc["baseline"])] if doc.get("baseline") else [])
 
 
 def unsuccessful(doc: dict[str, Any]) -> str | None:
     """One line saying how many tasks did not succeed with the right value, or None when all did."""
     parts = []
-    for name, figs in (("eventbus", doc), ("baseline", doc.get("baseline"))):
-        if not figs:
-            continue
+    for name, figs in _phases(doc):
         bad = figs["failed"] + figs["wrong"] + figs["lost"] + figs["warmup_unsuccessful"]
         if bad:
             why = f"; first error: {figs['errors'][0]}" if figs["errors"] else ""
@@ -97,10 +123,20 @@ def _cell(value: Any, spec: str = ",.1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """``rows`` as lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(widths[0]) if c == 0 else cell.rjust(widths[c]) for c, cell in enumerate(row))
+        for row in rows
+    ]
+
+
 def table(doc: dict[str, Any]) -> str:
-    """The human summary: ours and the baseline side by side, then the setup."""
+    """The human summary: ours and the baseline side by side, one line per durability mode, then the setup."""
     base = doc.get("baseline") or {}
-    rows = [("", "eventbus", "raw pyzmq", "ours/raw")]
+    env = doc["env"]
+    rows = [("", f"eventbus ({env['durability']})", "raw pyzmq", "ours/raw")]
     rows.append(
         ("tasks/s", _cell(doc["tasks_per_s"]), _cell(base.get("tasks_per_s")), _cell(doc["throughput_ratio"], ".3f"))
     )
@@ -115,12 +151,28 @@ def table(doc: dict[str, Any]) -> str:
     rows.append(("broker RSS MB, at the end", _cell(doc["daemon_rss_mb"]), _cell(base.get("daemon_rss_mb")), ""))
     for key in ("tasks", "failed", "wrong", "lost"):
         rows.append((key, str(doc[key]), str(base[key]) if base else "-", ""))
-    widths = [max(len(row[c]) for row in rows) for c in range(4)]
-    lines = [
-        "  ".join(cell.ljust(widths[0]) if c == 0 else cell.rjust(widths[c]) for c, cell in enumerate(row))
-        for row in rows
-    ]
-    env = doc["env"]
+    lines = _aligned(rows)
+    modes: dict[str, dict[str, Any]] = doc.get("durability") or {}
+    if modes:
+        to_none = doc.get("durability_ratio_to_none") or {}
+        by_mode: list[tuple[str, ...]] = [
+            ("durability", "tasks/s", "p50 ms", "p99 ms", "CPU µs/task", "RSS MB", "succeeded", "lost", "/none")
+        ]
+        for mode, figs in modes.items():
+            by_mode.append(
+                (
+                    mode,
+                    _cell(figs["tasks_per_s"]),
+                    _cell(figs["latency_ms"]["p50"], ".3f"),
+                    _cell(figs["latency_ms"]["p99"], ".3f"),
+                    _cell(figs["daemon_cpu_us_per_task"]),
+                    _cell(figs["daemon_rss_mb"]),
+                    str(figs["succeeded"]),
+                    str(figs["lost"]),
+                    _cell(to_none.get(mode), ".3f"),
+                )
+            )
+        lines += ["", *_aligned(by_mode)]
     lines += [
         "",
         f"{doc['clients']} client(s) x {doc['in_flight']} in flight, {doc['collectors']} collector(s), "

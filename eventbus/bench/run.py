@@ -22,6 +22,8 @@ from eventbus.sync_client import SyncClient
 
 #: how long eventbusd, the collectors and the baseline broker may take to come up
 START_WITHIN_S = 30.0
+#: eventbusd's durability modes (its ``--durability``), strongest first
+DURABILITY_MODES = ("fsync", "process", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,14 @@ class BenchOptions:
     baseline: bool = True
     #: a running daemon to measure; None: the bench starts a private one
     socket: Path | None = None
+    #: the private daemon's durability modes, one eventbus phase each, in this order (the first is the
+    #: document's top level); with ``socket``, unused: that daemon's own mode is measured
+    durability: tuple[str, ...] = ("fsync",)
+
+    def __post_init__(self) -> None:
+        unknown = [mode for mode in self.durability if mode not in DURABILITY_MODES]
+        if unknown or not self.durability or len(set(self.durability)) != len(self.durability):
+            raise ValueError(f"durability must be distinct modes of {DURABILITY_MODES}, got {self.durability}")
 
     def spec(self, mode: str, target: str) -> Spec:
         """The client spec of one phase (each client's share of the tasks is set by :func:`client_specs`)."""
@@ -62,15 +72,25 @@ def _python(*args: str) -> list[str]:
 def run_bench(opts: BenchOptions, progress: Progress) -> dict[str, Any]:
     """Run the bench and return its document (see :func:`eventbus.bench.report.document`).
 
-    Everything it starts is stopped, its temp directory removed and ``progress`` closed, on every way out.
+    Without a socket, the eventbus phase runs once per durability mode, each on a fresh private daemon
+    with a fresh state directory; the baseline runs once, after them. Everything it starts is stopped,
+    its temp directory removed and ``progress`` closed, on every way out.
     """
     raise_fd_limit(3 * opts.idle_collectors + 1024)
     root = Path(tempfile.mkdtemp(prefix="eb-bench-", dir="/tmp"))
     children: list[Child] = []
+    ours: dict[str, PhaseResult] = {}
     try:
         with stopped_by_sigterm():
-            ours = _ours(opts, root, children, progress)
-            stop_all(children)  # nothing of ours competes with the baseline for the cores
+            if opts.socket is None:
+                for mode in opts.durability:
+                    ours[mode] = _ours_private(opts, mode, root, children, progress)
+                    # the next mode's daemon, and the baseline, do not compete with this one's processes
+                    stop_all(children)
+            else:
+                mode, result = _ours_on(opts, opts.socket, root, children, progress)
+                ours[mode] = result
+                stop_all(children)
             base = _baseline(opts, root, children, progress) if opts.baseline else None
             stop_all(children)
     finally:
@@ -80,17 +100,39 @@ def run_bench(opts: BenchOptions, progress: Progress) -> dict[str, Any]:
     return report.document(opts, ours, base)
 
 
-def _ours(opts: BenchOptions, root: Path, children: list[Child], progress: Progress) -> PhaseResult:
-    if opts.socket is None:
-        path = root / "eb.sock"
-        daemon_pid: int | None = _start_daemon(opts, path, root, children, progress).pid
-    else:
-        path = resolve_socket_path(opts.socket)
-        probe(path)
-        daemon_pid = listener_pid(path)
+def _ours_private(opts: BenchOptions, mode: str, root: Path, children: list[Child], progress: Progress) -> PhaseResult:
+    """The eventbus phase on a private daemon in durability ``mode``; its socket, state and logs in ``root/mode``."""
+    here = root / mode
+    here.mkdir()
+    label = "eventbus" if len(opts.durability) == 1 else f"eventbus {mode}"
+    daemon = _start_daemon(opts, mode, here, children, progress, label)
+    return _load(opts, here / "eb.sock", daemon.pid, here, children, progress, label)
+
+
+def _ours_on(
+    opts: BenchOptions, socket: Path, root: Path, children: list[Child], progress: Progress
+) -> tuple[str, PhaseResult]:
+    """The eventbus phase on the running daemon at ``socket``, and that daemon's durability mode."""
+    path = resolve_socket_path(socket)
+    probe(path)
+    with SyncClient(path, timeout=5.0) as client:
+        mode = str(client.status().get("durability", "none"))  # a daemon from before the store: memory only
+    return mode, _load(opts, path, listener_pid(path), root, children, progress, "eventbus")
+
+
+def _load(
+    opts: BenchOptions,
+    path: Path,
+    daemon_pid: int | None,
+    root: Path,
+    children: list[Child],
+    progress: Progress,
+    label: str,
+) -> PhaseResult:
+    """Register the idle and demo collectors with the daemon at ``path``, then run the clients through it."""
     tag = f"bench-{os.getpid()}"
     if opts.idle_collectors:
-        progress.phase(f"eventbus: registering {opts.idle_collectors} idle collector(s)")
+        progress.phase(f"{label}: registering {opts.idle_collectors} idle collector(s)")
         idle = Child(
             "idle collectors",
             _python("-m", "eventbus.bench.idle", str(path), str(opts.idle_collectors), f"{tag}-idle"),
@@ -99,12 +141,12 @@ def _ours(opts: BenchOptions, root: Path, children: list[Child], progress: Progr
         )
         children.append(idle)
         _await_event(idle, "ready", 60.0 + opts.idle_collectors / 20)
-    progress.phase(f"eventbus: starting {opts.collectors} demo collector(s)")
+    progress.phase(f"{label}: starting {opts.collectors} demo collector(s)")
     ids = [f"{tag}-{i}" for i in range(opts.collectors)]
     collectors = [_start_collector(opts, path, cid, root, children) for cid in ids]
     _await_registered(path, ids, collectors)
     return run_phase(
-        "eventbus",
+        label,
         client_specs(opts.spec("eventbus", str(path)), opts.clients, opts.tasks),
         root,
         children,
@@ -113,12 +155,18 @@ def _ours(opts: BenchOptions, root: Path, children: list[Child], progress: Progr
     )
 
 
-def _start_daemon(opts: BenchOptions, path: Path, root: Path, children: list[Child], progress: Progress) -> Child:
-    progress.phase("eventbus: starting a private eventbusd")
+def _start_daemon(
+    opts: BenchOptions, mode: str, root: Path, children: list[Child], progress: Progress, label: str
+) -> Child:
+    """A private eventbusd on ``root/eb.sock`` in durability ``mode``, its state in ``root/state`` (never
+    the user's state directory, whose lock a daemon of theirs may hold), answering."""
+    progress.phase(f"{label}: starting a private eventbusd, durability {mode}")
+    path = root / "eb.sock"
     config = root / "eventbusd.toml"
     config.write_text("")  # embedded defaults: not /etc/eventbus/eventbusd.toml
     window = opts.clients * opts.in_flight
     argv = _python("-c", "from eventbus.daemon import run; run()", "--config", str(config), "--socket", str(path))
+    argv += ["--state-dir", str(root / "state"), "--durability", mode]
     argv += ["--log-level", "warning", "--max-queue-size", str(max(10_000, 4 * window))]
     daemon = Child("eventbusd", argv, root / "eventbusd.log")
     children.append(daemon)
@@ -128,12 +176,15 @@ def _start_daemon(opts: BenchOptions, path: Path, root: Path, children: list[Chi
             raise DaemonUnreachable(f"the bench's eventbusd exited at start: {daemon.last_words()}")
         try:
             with SyncClient(path, timeout=1.0) as client:
-                client.status()
-            return daemon
+                status = client.status()
+            break
         except EventBusError:
             if time.monotonic() > deadline:
                 raise DaemonUnreachable(f"the bench's eventbusd did not answer within {START_WITHIN_S:g}s") from None
             time.sleep(0.05)
+    if status.get("durability") != mode:  # the document must say what was measured
+        raise BenchFailed(f"the bench's eventbusd runs with durability {status.get('durability')}, not {mode}")
+    return daemon
 
 
 def _start_collector(opts: BenchOptions, path: Path, cid: str, root: Path, children: list[Child]) -> Child:

@@ -26,13 +26,13 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
 
 
-def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _bench(*args: str, env: dict[str, str] | None = None, timeout: float = 55) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [command("eventbusctl"), *args],
         env=env or _env(),
         capture_output=True,
         text=True,
-        timeout=55,
+        timeout=timeout,
         check=False,
     )
 
@@ -80,7 +80,43 @@ def test_bench_runs_every_task_checks_it_and_reports_ours_and_the_baseline() -> 
     assert doc["baseline"]["tasks"] == 300 and doc["baseline"]["tasks_per_s"] > 0
     assert doc["throughput_ratio"] is not None and doc["p99_ratio"] is not None
     assert {"cores", "python", "pyzmq", "libzmq", "eventbus", "durability"} <= set(doc["env"])
+    assert doc["env"]["durability"] == "fsync" and list(doc["durability"]) == ["fsync"]  # the daemon's default
+    assert doc["durability_ratio_to_none"] is None
     assert _bench_dirs() == before  # its temp dir, socket included, is gone
+
+
+def test_bench_runs_each_durability_mode_on_a_private_daemon_with_a_private_state_dir(tmp_path: Path) -> None:
+    before = _bench_dirs()
+    state_home = tmp_path / "xdg-state"  # where a daemon given no --state-dir would put its state
+    env = {**_env(), "XDG_STATE_HOME": str(state_home)}
+    env.pop("STATE_DIRECTORY", None)
+    args = ["--json", "bench", "--tasks", "200", "--in-flight", "10", "--durability", "fsync,none", "--no-baseline"]
+    result = _bench(*args, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    assert list(doc["durability"]) == ["fsync", "none"]
+    for mode, figs in doc["durability"].items():
+        assert set(figs) >= _FIGURES, mode
+        assert (figs["succeeded"], figs["failed"], figs["lost"]) == (200, 0, 0), mode
+    assert doc["env"]["durability"] == "fsync"
+    assert doc["tasks_per_s"] == doc["durability"]["fsync"]["tasks_per_s"]  # the first mode at the top level
+    ratios = doc["durability_ratio_to_none"]
+    assert set(ratios) == {"fsync", "none"} and ratios["none"] == 1.0 and ratios["fsync"] > 0
+    assert doc["baseline"] is None
+    assert not state_home.exists()  # each private daemon kept its state in the bench's temp dir
+    assert _bench_dirs() == before
+
+
+def test_bench_refuses_durability_with_socket_in_one_line(short_tmp: Path) -> None:
+    result = _bench("--socket", str(short_tmp / "none.sock"), "bench", "--durability", "none")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--durability" in result.stderr
+
+
+def test_bench_refuses_an_unknown_durability_mode() -> None:
+    result = _bench("bench", "--durability", "fsync,sometimes")
+    assert result.returncode == 2
+    assert "sometimes" in result.stderr
 
 
 def test_bench_with_socket_uses_that_daemon_and_takes_its_collectors_away(bus: Bus) -> None:
@@ -101,6 +137,9 @@ def test_bench_with_socket_uses_that_daemon_and_takes_its_collectors_away(bus: B
     doc = json.loads(result.stdout)
     assert (doc["tasks"], doc["failed"], doc["lost"], doc["daemon"]) == (200, 0, 0, str(bus.socket))
     assert doc["baseline"] is None and doc["throughput_ratio"] is None
+    with bus.client() as client:
+        durability = client.status()["durability"]
+    assert doc["env"]["durability"] == durability and list(doc["durability"]) == [durability]
     with bus.client() as client:
         assert client.stats()["tasks_succeeded"] >= 200
         wait_until(lambda: not client.collectors(), 10, "the bench's collectors to deregister")
