@@ -153,7 +153,11 @@ class Session:
     async def heartbeat_loop(self) -> None:
         missed = 0
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            # every heartbeat_interval, and at once when the connection comes back: a restarted daemon
+            # learns about us (and gets the results kept for it) without waiting for the next beat
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.client.relinked.wait(), self.heartbeat_interval)
+            self.client.relinked.clear()
             try:
                 await self.client.request(
                     f"{m.HEARTBEAT_PREFIX}.{self.collector_id}", {"current_tasks": self._current_tasks()}

@@ -146,6 +146,9 @@ class Client:
         #: what this loop turn sends: (encoded envelope, correlation id, topic), flushed at the turn's end
         self._outgoing: list[tuple[bytes, str, str]] = []
         self._up = asyncio.Event()
+        #: set when the connection came back after it went down (a daemon restarted, or returned):
+        #: whoever keeps state at the daemon (a collector's registration) clears it and says so again
+        self.relinked = asyncio.Event()
         #: set when the daemon refused the connection (this uid is not served)
         self._refused: Forbidden | None = None
         #: set while there is no usable connection: not opened yet, closed, or failed
@@ -212,6 +215,8 @@ class Client:
             _fail(self._pending.get(corr), exc)
 
     def _on_up(self) -> None:
+        if not self._up.is_set():
+            self.relinked.set()
         self._up.set()
 
     def _on_down(self) -> None:
