@@ -50,6 +50,12 @@ def _nested(depth: int) -> bytes:
 
 #: many small objects: decoding one allocates ~100k Python objects
 _SMALL_OBJECTS = [{"k": i, "s": "x" * (i % 7)} for i in range(60_000)]
+_SMALL_OBJECTS_FRAME: bytes = msgpack.packb(_SMALL_OBJECTS)
+#: the ``body`` entry of kind 5's envelope, key and value
+_BODY_FRAME: bytes = msgpack.packb("body") + msgpack.packb(
+    {"operation": "echo", "payload": _SMALL_OBJECTS, "priority": "high"}
+)
+_TOO_LARGE = b"\xc4" + random.Random(0).randbytes(2 * LIMIT - 64)
 
 
 #: the kinds of bad input sent in turn (overridable for experiments: EVENTBUS_MALFORMED_KINDS=2,4)
@@ -64,18 +70,16 @@ def malformed_frame(i: int, rng: random.Random) -> bytes:
     if kind == 1:
         return _nested(rng.randint(100, 100_000))
     if kind == 2:
-        return b"\xc4" + rng.randbytes(2 * LIMIT - 64)  # a truncated bin 8: too large, then garbage
+        return _TOO_LARGE  # a truncated bin 8: too large, then garbage
     if kind == 3:
         body = {"operation": "echo", "payload": {"deep": msgpack.unpackb(_nested(200))}, "bad": {1: 2}}
         return msgpack.packb({"v": 1, "kind": "request", "id": f"m{i}", "topic": "control.task.submit", "body": body})  # type: ignore[no-any-return]
     if kind == 4:  # valid msgpack, not an envelope: everything is decoded, then refused
-        return msgpack.packb(_SMALL_OBJECTS)  # type: ignore[no-any-return]
-    # a valid envelope around a body that fails validation after decoding
-    body = {"operation": "echo", "payload": _SMALL_OBJECTS, "priority": "high"}
-    frame: bytes = msgpack.packb(
-        {"v": 1, "kind": "request", "id": f"m{i}", "topic": "control.task.submit", "body": body}
-    )
-    return frame
+        return _SMALL_OBJECTS_FRAME
+    # a valid envelope around a body that fails validation after decoding (the body is packed once:
+    # building these large frames would otherwise cost the sender as much CPU as the daemon)
+    head = {"v": 1, "kind": "request", "id": f"m{i}", "topic": "control.task.submit"}
+    return b"\x85" + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in head.items()) + _BODY_FRAME
 
 
 @dataclass

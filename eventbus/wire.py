@@ -172,10 +172,12 @@ def _envelope(raw: Any, data: bytes, start: int, end: int, max_depth: int) -> En
     corr = raw.get("id")
     if not isinstance(corr, str) or len(corr) > MAX_ID_LENGTH:
         raise ProtocolError(f"envelope 'id' must be a string of at most {MAX_ID_LENGTH} characters")
-    levels, elements = measure(raw, max_depth)
+    # a frame without a timestamp's head bytes holds no timestamp: only the others are searched
+    searched = _TIMESTAMP_HEAD.search(data, start, end) is not None
+    levels, elements, stamped = _walk(raw, max_depth, searched)
     if levels > max_depth:
         raise _too_deep(max_depth, corr)
-    if _TIMESTAMP_HEAD.search(data, start, end) is not None and _holds_timestamp(raw):
+    if stamped:
         raise ProtocolError(f"{_NO_EXT} (found a timestamp, ext type -1)", correlation_id=corr)
     version = raw.get("v")
     if version not in VERSIONS or type(version) is not int:
@@ -218,18 +220,6 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise _ExtTypeFound(f"{_NO_EXT} (found ext type {code})")
 
 
-def _holds_timestamp(value: Any) -> bool:
-    """Whether a decoded value holds a msgpack Timestamp anywhere (iterative; depth already checked)."""
-    level = [value]
-    while level:
-        if any(type(v) is msgpack.Timestamp for v in level):
-            return True
-        level = [
-            v for item in level if type(item) in _CONTAINERS for v in (item.values() if type(item) is dict else item)
-        ]
-    return False
-
-
 def _unpack(data: bytes, max_depth: int) -> Any:
     try:
         # strict keys: a map with int keys would be hashed by a predictable hash (a flooding risk)
@@ -267,14 +257,31 @@ def measure(value: Any, limit: int) -> tuple[int, int]:
     Iterative, breadth first: deep input never recurses, and counting stops
     one level past ``limit``. Map keys are not visited.
     """
+    levels, elements, _ = _walk(value, limit, False)
+    return levels, elements
+
+
+def _walk(value: Any, limit: int, timestamps: bool) -> tuple[int, int, bool]:
+    """:func:`measure`, and with ``timestamps`` whether a msgpack Timestamp is among the values walked
+    (within ``limit + 1`` levels: deeper input is refused as too deep anyway), in the same walk."""
+    if type(value) is msgpack.Timestamp:
+        return 0, 0, True
     level = [value] if type(value) in _CONTAINERS else []
     levels = elements = 0
     while level and levels <= limit:
         levels += 1
         elements += sum(map(len, level))
         # one comprehension per level: the per-item loop overhead is most of the cost
-        level = [v for item in level for v in (item.values() if type(item) is dict else item) if type(v) in _CONTAINERS]
-    return levels, elements
+        if timestamps:
+            values = [v for item in level for v in (item.values() if type(item) is dict else item)]
+            if msgpack.Timestamp in map(type, values):
+                return levels, elements, True
+            level = [v for v in values if type(v) in _CONTAINERS]
+        else:
+            level = [
+                v for item in level for v in (item.values() if type(item) is dict else item) if type(v) in _CONTAINERS
+            ]
+    return levels, elements, False
 
 
 def weigh(value: Any) -> tuple[int, int]:
