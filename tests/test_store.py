@@ -112,6 +112,8 @@ def test_batches_queued_during_a_commit_share_the_next_one_and_complete_in_order
             submit(dist, 1.0)
             store.commit(rows.batch(dist.take_changes()), functools.partial(order.append, i))
         await asyncio.wait_for(store.flush(), 10)
+        for name in (DB_NAME, DB_NAME + "-wal"):  # payloads of every user: readable by ours only
+            assert (state / name).stat().st_mode & 0o777 == 0o600, name
         store.close()
         assert order == list(range(200))
         assert 1 <= store.commits < 200, store.commits  # one fsync covered many submissions

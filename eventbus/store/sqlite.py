@@ -160,6 +160,11 @@ class SqliteStore:
                 f"state directory {self.directory} is in use by another eventbusd (two daemons cannot share it)"
             ) from exc
         self._lock_fd = fd
+        try:  # it holds every user's payloads and results: readable by the daemon's uid only
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            self._release_directory()
+            raise ConfigError(f"cannot open state database {self.path}: {exc.strerror}") from exc
 
     def _release_directory(self) -> None:
         if self._lock_fd is not None:
