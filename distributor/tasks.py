@@ -32,8 +32,8 @@ class TaskRecord:
     finished_at: float | None = None
     #: when a retrying task is queued again
     retry_at: float | None = None
-    #: the host's own mark: the attempt number its store last wrote for the task (-1: not written yet)
-    stored: int = -1
+    #: the host's own mark: its store has the task's row (later changes write only its state)
+    stored: bool = False
     result: TaskResult | None = None
     #: encoded size of ``result`` as the host received it (0: not known)
     result_size: int = 0

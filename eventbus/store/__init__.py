@@ -53,9 +53,6 @@ class Batch:
     #: (collector_id, (tasks_completed, tasks_failed, total_execution_s))
     collectors: list[tuple[str, CollectorRecord]] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.updates) + len(self.collectors)
-
 
 @dataclass(slots=True)
 class Recovered:

@@ -92,11 +92,12 @@ def batch(changes: Changes) -> Batch:
     """
     out = Batch(collectors=changes.collectors)
     for task in changes.tasks:
-        if task.stored < 0 or task.state.terminal:
+        # (a task only starting to run is no change: the distributor does not report it)
+        if not task.stored or task.state.terminal:
             out.rows.append(task_row(task))
-        elif task.state is not TaskState.RUNNING or task.stored != task.attempt:
-            out.updates.append(state_row(task))  # (a running attempt already written as dispatched is not)
-        task.stored = task.attempt
+        else:
+            out.updates.append(state_row(task))
+        task.stored = True
     return out
 
 
@@ -191,7 +192,7 @@ def record(row: Sequence[Any], *, validate: bool = False) -> TaskRecord:
             finished_at=finished_at,
             retry_at=retry_at,
             failed_on=frozenset(_unpack(failed_on)) if failed_on else frozenset(),
-            stored=attempt,
+            stored=True,
         )
     except (ValueError, TypeError, ValidationError, msgpack.UnpackException) as exc:
         raise StateCorrupt(f"task {task_id!r} (serial {serial}) does not read back: {exc}") from exc
