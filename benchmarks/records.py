@@ -87,6 +87,7 @@ class TaskRequestS(_Record, frozen=True, kw_only=True):
     payload: Any = None
     timeout_ms: Annotated[int, _Meta(ge=1, le=7 * 86_400_000)] = 30_000
     deadline: Finite | None = None
+    not_before: Finite | None = None
     constraints: Annotated[list[Annotated[str, _Meta(max_length=256)]], _Meta(max_length=32)] = []
     depends_on: Annotated[list[TaskIdS], _Meta(max_length=256)] = []
     idempotency_key: Annotated[str, _Meta(min_length=1, max_length=256)] | None = None
@@ -159,6 +160,7 @@ class TaskInfoS(msgspec.Struct, frozen=True, kw_only=True):
     constraints: list[str]
     depends_on: list[str]
     idempotency_key: str | None = None
+    not_before: float | None = None
     truncated: bool = False
 
 

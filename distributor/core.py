@@ -8,13 +8,19 @@ can drive thousands of simulated collectors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import functools
+import inspect
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Concatenate, ParamSpec
 
+from distributor import recovery
 from distributor.actions import Action
 from distributor.config import DistributorConfig
 from distributor.constraints import parse_constraints
 from distributor.errors import DuplicateTask, InvalidRequest, InvalidState
+from distributor.history import FinishedHistory
+from distributor.machine import TaskMachine, new_task_id
 from distributor.models import (
     CollectorCapability,
     CollectorInfo,
@@ -26,34 +32,103 @@ from distributor.models import (
     TaskState,
     compact,
 )
-from distributor.recovery import Recovering
+from distributor.queue import TaskQueue
+from distributor.recovery import Changes, CollectorRecord
+from distributor.registry import CapabilityRegistry
+from distributor.report import ReportBook
+from distributor.stats import Stats
 from distributor.strategies import RoutingStrategy
 from distributor.tasks import TaskRecord, idempotency_scope
 from distributor.timers import TimerKind
+from distributor.timings import Timings
 
 __all__ = ["DistributorConfig", "TaskDistributor"]
 
+_P = ParamSpec("_P")
 
-class TaskDistributor(Recovering):
+
+def _event(
+    method: Callable[Concatenate[TaskDistributor, _P], None],
+) -> Callable[Concatenate[TaskDistributor, _P], list[Action]]:
+    """An event of the public API: the machine takes it at its ``now`` argument, then hands out its actions."""
+    names = list(inspect.signature(method).parameters)
+    at = names.index("now") - 1  # its position among the arguments after self
+
+    @functools.wraps(method)
+    def event(self: TaskDistributor, /, *args: _P.args, **kwargs: _P.kwargs) -> list[Action]:
+        m = self._m
+        m.at(kwargs["now"] if len(args) <= at else args[at])  # type: ignore[arg-type]
+        method(self, *args, **kwargs)
+        return m.flush()
+
+    return event
+
+
+class TaskDistributor:
     """Routes tasks to collectors; keeps every task's state until it is final.
 
-    Every public method takes ``now`` (epoch seconds, supplied by the host)
-    and returns the list of :mod:`distributor.actions` to perform.
+    Every event method takes ``now`` (epoch seconds, supplied by the host)
+    and returns the list of :mod:`distributor.actions` to perform. The state
+    lives in a :class:`~distributor.machine.TaskMachine`, which this class
+    holds and feeds.
     """
+
+    def __init__(
+        self,
+        config: DistributorConfig | None = None,
+        *,
+        strategy: RoutingStrategy | None = None,
+        rng: random.Random | None = None,
+        new_task_id: Callable[[], str] = new_task_id,
+    ) -> None:
+        self._m = m = TaskMachine(config, strategy=strategy, rng=rng, new_task_id=new_task_id)
+        # the machine's parts a host reads (they stay the same objects for the distributor's life)
+        self.registry: CapabilityRegistry = m.registry
+        self.queue: TaskQueue = m.queue
+        self.stats: Stats = m.stats
+        self.timings: Timings = m.timings
+        self.history: FinishedHistory = m.history
+        self.report: ReportBook = m.report
+
+    @property
+    def config(self) -> DistributorConfig:
+        return self._m.config
+
+    @property
+    def strategy(self) -> RoutingStrategy:
+        return self._m.strategy
+
+    @property
+    def events(self) -> bool:
+        """Whether task and collector events are published (a host with no subscriber turns this off)."""
+        return self._m.events
+
+    @events.setter
+    def events(self, on: bool) -> None:
+        self._m.events = on
+
+    @property
+    def journal(self) -> bool:
+        """Whether the distributor notes what a store must keep (see :meth:`take_changes`)."""
+        return self._m.journal
+
+    @journal.setter
+    def journal(self, on: bool) -> None:
+        self._m.journal = on
 
     # ---- queries -------------------------------------------------------
 
     def get(self, task_id: str) -> TaskInfo:
         """The public view of a task; :class:`UnknownTask` if it is not known."""
-        return self._task(task_id).info()
+        return self._m._task(task_id).info()
 
     def state(self, task_id: str) -> TaskState:
         """A task's state, without building its view; :class:`UnknownTask` if it is not known."""
-        return self._task(task_id).state
+        return self._m._task(task_id).state
 
     def owner(self, task_id: str) -> int | None:
         """Who submitted a task (as passed to :meth:`submit`); :class:`UnknownTask` if it is not known."""
-        return self._task(task_id).owner
+        return self._m._task(task_id).owner
 
     def tasks(self, state: TaskState | None = None, operation: str | None = None) -> Iterator[TaskInfo]:
         """Known tasks, newest first, optionally filtered."""
@@ -68,29 +143,56 @@ class TaskDistributor(Recovering):
         A task's cursor continues the listing after it. Consume the iterator
         before the next event: it reads the live task table.
         """
-        for task in self._listing.older_than(cursor):
+        for task in self._m._listing.older_than(cursor):
             if (state is None or task.state is state) and (operation is None or task.request.operation == operation):
                 yield task.serial, task.info()
+
+    def find_idempotent(self, key: str, owner: int | None, now: float) -> str | None:
+        """The id of the task ``owner`` submitted with ``key`` within ``idempotency_ttl_s``, if it is held."""
+        return self._m.find_idempotent(key, owner, now)
+
+    def backoff_s(self, retry: int) -> float:
+        """Delay before retry number ``retry`` (1-based): full jitter over an exponential cap."""
+        return self._m.backoff_s(retry)
+
+    def holds(self, task_id: str) -> bool:
+        """Whether a task with this id is held in memory (unfinished, or finished and not evicted yet)."""
+        return task_id in self._m._tasks
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether a task record changed since :meth:`take_changes` (only with ``journal`` on)."""
+        return bool(self._m._changed)
+
+    def take_changes(self) -> Changes:
+        """The task and collector records changed since the last call, each once, in the order they first changed.
+
+        The task records are the live ones: the host must read what it keeps of
+        them before it hands any further event to the distributor.
+        """
+        return recovery.take_changes(self._m)
 
     def collectors(self, now: float) -> list[CollectorInfo]:
         return [c.info(now) for c in self.registry]
 
     def next_timer(self) -> float | None:
         """When :meth:`tick` next has work to do (None: only on new events)."""
-        return self._timers.next_due()
+        return self._m._timers.next_due()
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Counters and gauges for ``status`` and ``stats``."""
+        m = self._m
         collectors = list(self.registry)
         return self.stats.snapshot(
             tasks_queued=len(self.queue),
-            tasks_pending=self._pending,
-            unfinished_bytes=self.open_bytes,
-            tasks_in_flight=self._in_flight,
+            tasks_pending=m.counts[TaskState.PENDING],
+            tasks_scheduled=m.counts[TaskState.SCHEDULED],
+            unfinished_bytes=m.open_bytes,
+            tasks_in_flight=m._in_flight,
             active_collectors=sum(1 for c in collectors if c.status is CollectorStatus.AVAILABLE),
             collectors=len(collectors),
             queue_depths=self.queue.depths(),
-            tasks_known=len(self._tasks),
+            tasks_known=len(m._tasks),
             tasks_evicted=self.history.evicted,
             finished_bytes=self.history.bytes,
             utilization={c.collector_id: round(c.utilization(now), 4) for c in collectors},
@@ -116,149 +218,177 @@ class TaskDistributor(Recovering):
 
     # ---- collector events ---------------------------------------------
 
-    def register(self, capability: CollectorCapability, now: float) -> list[Action]:
+    @_event
+    def register(self, capability: CollectorCapability, now: float) -> None:
         """A collector advertises its capabilities (first time or again after a reconnect)."""
-        self._now = now
+        m = self._m
         state = self.registry.find(capability.collector_id)
         if state is None:
             state = self.registry.add(capability, now)
-            record = self._collector_records.pop(capability.collector_id, None)
+            record = m._collector_records.pop(capability.collector_id, None)
             if record is not None:  # known before the daemon restarted: its record carries on
                 state.tasks_completed, state.tasks_failed, state.total_execution_s = record
-            self._schedule_heartbeat_check(state)
-            self._collector_event("joined", state)
+            m._schedule_heartbeat_check(state)
+            m._collector_event("joined", state)
         else:
             self.registry.replace_capability(state, capability)
-            self._alive(state, now)
-        self._dirty.update(capability.supported_operations)
-        return self._drain()
+            m._alive(state, now)
+        m._dirty.update(capability.supported_operations)
 
-    def heartbeat(self, collector_id: str, now: float) -> list[Action]:
+    @_event
+    def heartbeat(self, collector_id: str, now: float) -> None:
         """A collector is alive; :class:`UnknownCollector` tells it to register again."""
-        self._now = now
-        self._alive(self.registry.get(collector_id), now)
-        return self._drain()
+        m = self._m
+        m._alive(self.registry.get(collector_id), now)
 
-    def deregister(self, collector_id: str, now: float) -> list[Action]:
+    @_event
+    def deregister(self, collector_id: str, now: float) -> None:
         """A collector leaves; its attempts in flight go back to the queue without using a retry."""
-        self._now = now
+        m = self._m
         state = self.registry.get(collector_id)
-        self._take_back(state)
+        m._take_back(state)
         self.registry.remove(collector_id)
-        self._collector_event("left", state)
-        return self._drain()
+        m._collector_event("left", state)
 
-    def drain(self, collector_id: str, now: float) -> list[Action]:
+    @_event
+    def drain(self, collector_id: str, now: float) -> None:
         """Stop routing new work to a collector; its running attempts continue."""
-        self._now = now
+        m = self._m
         state = self.registry.get(collector_id)
         if not state.drained:
             state.drained = True
             if state.status is CollectorStatus.AVAILABLE:
                 state.status = CollectorStatus.DRAINING
                 self.registry.refresh(state)
-            self._collector_event("drained", state)
-        return self._drain()
+            m._collector_event("drained", state)
 
-    def undrain(self, collector_id: str, now: float) -> list[Action]:
+    @_event
+    def undrain(self, collector_id: str, now: float) -> None:
         """Resume routing work to a drained collector."""
-        self._now = now
+        m = self._m
         state = self.registry.get(collector_id)
         if state.drained:
             state.drained = False
             if state.status is CollectorStatus.DRAINING:
                 state.status = CollectorStatus.AVAILABLE
                 self.registry.refresh(state)
-                self._dirty.update(state.capability.supported_operations)
-            self._collector_event("joined", state)
-        return self._drain()
+                m._dirty.update(state.capability.supported_operations)
+            m._collector_event("joined", state)
 
-    def reject(self, collector_id: str, task_id: str, attempt: int, now: float) -> list[Action]:
+    @_event
+    def reject(self, collector_id: str, task_id: str, attempt: int, now: float) -> None:
         """A collector declines an attempt it was sent (it is shutting down): requeued, no retry used.
 
         The collector is drained too, so the task is not offered to it again.
         """
-        self._now = now
+        m = self._m
         collector = self.registry.find(collector_id)
         if collector is not None and not collector.drained:
             collector.drained = True
             if collector.status is CollectorStatus.AVAILABLE:
                 collector.status = CollectorStatus.DRAINING
                 self.registry.refresh(collector)
-            self._collector_event("drained", collector)
-        task = self._live(task_id, attempt, collector_id)
+            m._collector_event("drained", collector)
+        task = m._live(task_id, attempt, collector_id)
         if task is None:
             self.stats.stale_messages += 1
-            return self._drain()
-        self._release(self.registry.get(collector_id), task)
+            return
+        m._release(self.registry.get(collector_id), task)
         task.failed_on |= {collector_id}
         self.stats.tasks_redelivered += 1
-        self._enqueue(task, front=True)
-        return self._drain()
+        m._enqueue(task, front=True)
 
-    def suspect(self, collector_id: str, now: float) -> list[Action]:
+    @_event
+    def suspect(self, collector_id: str, now: float) -> None:
         """The host could not deliver to a collector: treat it as dead until it heartbeats again."""
-        self._now = now
+        m = self._m
         state = self.registry.find(collector_id)
         if state is not None and state.status is not CollectorStatus.UNHEALTHY:
-            self._mark_unhealthy(state)
-        return self._drain()
+            m._mark_unhealthy(state)
 
-    def accepted(self, collector_id: str, task_id: str, attempt: int, now: float) -> list[Action]:
+    @_event
+    def accepted(self, collector_id: str, task_id: str, attempt: int, now: float) -> None:
         """The collector started running an attempt."""
-        self._now = now
-        task = self._live(task_id, attempt, collector_id)
+        m = self._m
+        task = m._live(task_id, attempt, collector_id)
         if task is None:
             self.stats.stale_messages += 1
         elif task.state is TaskState.DISPATCHED:
-            task.state = TaskState.RUNNING
-            self._task_event(task)
-        return self._drain()
+            m._to(task, TaskState.RUNNING)
+            m._task_event(task)
 
+    @_event
     def progress(
         self, collector_id: str, task_id: str, attempt: int, fraction: float, message: str, now: float
-    ) -> list[Action]:
+    ) -> None:
         """The collector reports progress on a running attempt."""
-        self._now = now
-        task = self._live(task_id, attempt, collector_id)
+        m = self._m
+        task = m._live(task_id, attempt, collector_id)
         if task is None:
             self.stats.stale_messages += 1
         else:
-            self._task_event(task, "progress", fraction=fraction, message=message)
-        return self._drain()
+            m._task_event(task, "progress", fraction=fraction, message=message)
 
-    def complete(self, result: TaskResult, now: float, *, size: int = 0) -> list[Action]:
+    @_event
+    def complete(self, result: TaskResult, now: float, *, size: int = 0) -> None:
         """An attempt finished. Results of attempts that are no longer current are ignored.
 
         ``size`` is the encoded size of the result as received; the finished-task
         history charges it against ``max_finished_bytes``.
         """
-        self._now = now
-        task = self._live(result.task_id, result.attempt, result.collector_id)
+        m = self._m
+        task = m._live(result.task_id, result.attempt, result.collector_id)
         if task is None:
             self.stats.stale_messages += 1
-            return self._drain()
+            return
         if task.state is TaskState.DISPATCHED:  # ``accepted`` is optional: the attempt ran
-            task.state = TaskState.RUNNING
-            self._task_event(task)
+            m._to(task, TaskState.RUNNING)
+            m._task_event(task)
         state = self.registry.get(result.collector_id)
         state.total_execution_s += result.execution_time_s
-        self._collector_changed(state)
+        m._collector_changed(state)
         self.timings.ran(task.request.operation, now - (task.dispatched_at or now))
         task.result_size = size
         if result.success:
             state.tasks_completed += 1
-            self._release(state, task)
+            m._release(state, task)
             task.result, task.error = result, None
-            self._finish(task, TaskState.SUCCEEDED)
+            m._finish(task, TaskState.SUCCEEDED)
         else:
             state.tasks_failed += 1
-            self._release(state, task)
+            m._release(state, task)
             task.failed_on |= {state.collector_id}
-            self._attempt_failed(task, result.error or ErrorInfo(type="Error", message="attempt failed"), result)
-        return self._drain()
+            m._attempt_failed(task, result.error or ErrorInfo(type="Error", message="attempt failed"), result)
 
     # ---- client events -------------------------------------------------
+
+    @_event
+    def restore(
+        self,
+        tasks: Iterable[TaskRecord],
+        now: float,
+        *,
+        parents: Mapping[str, TaskState] | None = None,
+        last_serial: int = 0,
+        collectors: Mapping[str, CollectorRecord] | None = None,
+    ) -> None:
+        """Take back the unfinished tasks a store kept, before any other event (a restart).
+
+        ``tasks`` are records as they were last written: pending, scheduled,
+        queued, dispatched, running or retrying. They go back in serial
+        (submission) order, so priority and FIFO order hold. An attempt that was
+        in flight is over: the task is queued again without using a retry, and
+        its next attempt gets the next number, so a late result of the old one
+        is stale. Deadlines and ``not_before`` times still apply (one already
+        past fires on the next tick, or queues the task now). A pending task
+        waits for its parents still held, and looks up the others in
+        ``parents`` (final states of finished tasks): one that did not succeed,
+        or is not known any more, fails it with ``dependency_failed``.
+        ``last_serial`` is the highest serial the store has seen (finished tasks
+        included), so new serials continue after it; ``collectors`` are the
+        records of collectors, applied when they register.
+        """
+        recovery.restore(self._m, tasks, parents=parents, last_serial=last_serial, collectors=collectors)
 
     def submit(
         self, request: TaskRequest, now: float, *, owner: int | None = None, size: int = 0
@@ -272,79 +402,86 @@ class TaskDistributor(Recovering):
         submitted within ``idempotency_ttl_s`` returns that task's id and changes
         nothing (:meth:`find_idempotent` tells the two cases apart).
         """
-        self._now = now
+        m = self._m
+        m.at(now)
         key = request.idempotency_key
         if key is not None:
             known = self.find_idempotent(key, owner, now)
             if known is not None:
-                return known, self._drain()
-        task_id = request.task_id or self._new_task_id()
-        if task_id in self._tasks:
+                return known, m.flush()
+        task_id = request.task_id or m._new_task_id()
+        if task_id in m._tasks:
             raise DuplicateTask(f"task {task_id!r} already exists")
         if request.deadline is not None and request.deadline <= now:
             raise InvalidRequest(f"deadline {request.deadline} is already past (now {now:.3f})")
+        if request.not_before is not None and request.deadline is not None and request.not_before >= request.deadline:
+            raise InvalidRequest(
+                f"not_before {request.not_before} is not before the deadline {request.deadline}: it could never run"
+            )
         constraints = parse_constraints(request.constraints) if request.constraints else ()
-        parents = self._parents(task_id, request.depends_on) if request.depends_on else []
-        self._admit(request.operation, size)
+        parents = m._parents(task_id, request.depends_on) if request.depends_on else []
+        m._admit(request.operation, size)
         created = request.created_at or now
         request = compact(request, task_id=task_id, created_at=created)
-        self._serial += 1
+        m._serial += 1
         task = TaskRecord(
-            request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner, size=size
+            request, task_id, created_at=created, serial=m._serial, constraints=constraints, owner=owner, size=size
         )
-        self._hold(task, size)
-        self._tasks[task_id] = task
+        m._hold(task, size)
+        m._tasks[task_id] = task
         if key is not None:
-            self._keys[idempotency_scope(owner, key)] = task_id
+            m._keys[idempotency_scope(owner, key)] = task_id
         self.stats.tasks_submitted += 1
         if request.deadline is not None:
-            self._timers.add(request.deadline, TimerKind.DEADLINE, task_id, task.serial)
-        self._start(task, parents)
-        return task_id, self._drain()
+            m._timers.add(request.deadline, TimerKind.DEADLINE, task_id, task.serial)
+        m._start(task, parents)
+        return task_id, m.flush()
 
-    def cancel(self, task_id: str, now: float) -> list[Action]:
+    @_event
+    def cancel(self, task_id: str, now: float) -> None:
         """Cancel a task that is not final yet (pending, queued, retrying or running)."""
-        self._now = now
-        task = self._task(task_id)
+        m = self._m
+        task = m._task(task_id)
         if task.state.terminal:
             raise InvalidState(f"task {task_id!r} is already {task.state.value}")
-        self._stop(task, "cancelled")
+        m._stop(task, "cancelled")
         task.error = ErrorInfo(type="Cancelled", message="cancelled by request")
-        self._finish(task, TaskState.CANCELLED)
-        return self._drain()
+        m._finish(task, TaskState.CANCELLED)
 
-    def tick(self, now: float) -> list[Action]:
-        """Fire every timer due by ``now``: attempt timeouts, deadlines, retries, heartbeat checks."""
-        self._now = now
-        while (timer := self._timers.pop_due(now)) is not None:
+    @_event
+    def tick(self, now: float) -> None:
+        """Fire every timer due by ``now``: attempt timeouts, deadlines, retries, due times, heartbeat checks."""
+        m = self._m
+        while (timer := m._timers.pop_due(now)) is not None:
             if timer.kind is TimerKind.HEARTBEAT_CHECK:
-                self._check_heartbeat(timer.key, timer.serial, timer.token)
+                m._check_heartbeat(timer.key, timer.serial, timer.token)
                 continue
             if timer.kind is TimerKind.FORGET_COLLECTOR:
-                self._forget(timer.key, timer.serial)
+                m._forget(timer.key, timer.serial)
                 continue
-            task = self._tasks.get(timer.key)
+            task = m._tasks.get(timer.key)
             if task is None or task.serial != timer.serial or task.state.terminal:
                 continue
             if timer.kind is TimerKind.DEADLINE:
-                self._expire(task)
+                m._expire(task)
+            elif timer.kind is TimerKind.DUE:
+                if task.state is TaskState.SCHEDULED:
+                    m._enqueue(task)
             elif timer.token == task.attempt:
                 if timer.kind is TimerKind.ATTEMPT_TIMEOUT and task.in_flight:
-                    self._time_out(task)
+                    m._time_out(task)
                 elif timer.kind is TimerKind.RETRY and task.state is TaskState.RETRYING:
-                    self._enqueue(task)
-        return self._drain()
+                    m._enqueue(task)
 
-    def reconfigure(self, config: DistributorConfig, now: float) -> list[Action]:
+    @_event
+    def reconfigure(self, config: DistributorConfig, now: float) -> None:
         """Apply new limits to later decisions; tasks already taken stay, a smaller history evicts now."""
-        self._now = now
-        self.config = config
+        self._m.config = config
         self.queue.max_size = config.max_queue_size
         self.history.max_tasks = config.max_finished_tasks
         self.history.max_bytes = config.max_finished_bytes
-        return self._drain()
 
     def set_strategy(self, strategy: RoutingStrategy) -> None:
         """Switch the routing strategy; the next decision uses it."""
-        self.strategy = strategy
+        self._m.strategy = strategy
         self.registry.set_order(strategy.key)

@@ -1,7 +1,9 @@
 """The internals of the TaskDistributor: routing, task transitions and collector liveness.
 
-:class:`TaskMachine` holds the state; :class:`~distributor.core.TaskDistributor`
-adds the public event API on top. Nothing here reads a clock or does I/O.
+:class:`TaskMachine` holds the state; a :class:`~distributor.core.TaskDistributor`
+holds one and feeds it the events of its public API. Every change of a task's
+state goes through :meth:`TaskMachine._to`, which checks it against the table
+of :mod:`distributor.transitions`. Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from distributor.registry import CapabilityRegistry, CollectorState, Pool
 from distributor.report import ReportBook
 from distributor.stats import Stats
 from distributor.strategies import LeastLoaded, RoutingStrategy
-from distributor.tasks import TaskRecord
+from distributor.tasks import TaskRecord, idempotency_scope
 from distributor.timers import TimerHeap, TimerKind
 from distributor.timings import Timings
+from distributor.transitions import WAITING, check
 
 #: bytes a kept task id or constraint string costs in a finished record (string, list slot)
 _KEPT_PER_ITEM = 256
@@ -44,7 +47,7 @@ def _anyone(state: CollectorState) -> bool:
     return True
 
 
-def _new_task_id() -> str:
+def new_task_id() -> str:
     return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
@@ -57,7 +60,7 @@ class TaskMachine:
         *,
         strategy: RoutingStrategy | None = None,
         rng: random.Random | None = None,
-        new_task_id: Callable[[], str] = _new_task_id,
+        new_task_id: Callable[[], str] = new_task_id,
     ) -> None:
         self.config = config or DistributorConfig()
         self._rng = rng or random.Random()
@@ -76,8 +79,9 @@ class TaskMachine:
         self._dirty: set[str] = set()
         self._actions: list[Action] = []
         self._now = 0.0
-        self._pending = 0
-        self._pending_by_operation: Counter[str] = Counter()
+        #: tasks in each state (final ones included), and per operation those waiting (pending or scheduled)
+        self.counts: Counter[TaskState] = Counter()
+        self._waiting_by_operation: Counter[str] = Counter()
         #: bytes of the tasks not finished yet (their submitted size), in all and per operation
         self.open_bytes = 0
         self._open_bytes_by_operation: Counter[str] = Counter()
@@ -95,6 +99,32 @@ class TaskMachine:
         #: counters of collectors known before a restart, applied when they register again
         self._collector_records: dict[str, tuple[int, int, float]] = {}
 
+    def at(self, now: float) -> None:
+        """An event happens at ``now``: every decision until :meth:`flush` is taken at that time."""
+        self._now = now
+
+    # ---- transitions ---------------------------------------------------
+
+    def _to(self, task: TaskRecord, new: TaskState, *, born: bool = False) -> None:
+        """Move a task to ``new`` (:class:`IllegalTransition` if the table forbids it); ``born``: its first state."""
+        old = None if born else task.state
+        check(old, new)
+        counts = self.counts
+        if old is not None:
+            counts[old] -= 1
+            if old in WAITING:
+                self._waiting_by_operation[task.request.operation] -= 1
+        counts[new] += 1
+        if new in WAITING:
+            self._waiting_by_operation[task.request.operation] += 1
+        task.state = new
+
+    @property
+    def waiting(self) -> int:
+        """Tasks that wait for their parents or their time: held, not queued yet."""
+        counts = self.counts
+        return counts[TaskState.PENDING] + counts[TaskState.SCHEDULED]
+
     # ---- events --------------------------------------------------------
 
     def _task_event(self, task: TaskRecord, state: str | None = None, **extra: Any) -> None:
@@ -111,8 +141,8 @@ class TaskMachine:
 
     # ---- routing -------------------------------------------------------
 
-    def _drain(self) -> list[Action]:
-        """End of every public call: dispatch what can be, forget old tasks, hand out the actions."""
+    def flush(self) -> list[Action]:
+        """End of every event: dispatch what can be, forget old tasks, hand out the actions to carry out."""
         dirty, queue, has_room = self._dirty, self.queue, self.registry.has_room
         while dirty:
             # one dispatch per operation per round, most urgent operation first (highest
@@ -162,7 +192,7 @@ class TaskMachine:
     def _admit(self, operation: str, size: int) -> None:
         """Raise :class:`QueueFull` unless a new task of ``operation`` and ``size`` bytes fits the queue limits."""
         cfg = self.config
-        if len(self.queue) + self._pending >= cfg.max_queue_size:
+        if len(self.queue) + self.waiting >= cfg.max_queue_size:
             raise QueueFull(f"queue is full ({cfg.max_queue_size} tasks, max_queue_size)")
         if self.open_bytes + size > cfg.max_queued_bytes:
             raise QueueFull(
@@ -176,9 +206,10 @@ class TaskMachine:
                 f"exceeds its share {share} of max_queued_bytes (as max_queued_per_operation is of max_queue_size)"
             )
         limit = cfg.per_operation_limit
-        if self.queue.depth(operation) + self._pending_by_operation.get(operation, 0) >= limit:
+        if self.queue.depth(operation) + self._waiting_by_operation.get(operation, 0) >= limit:
             raise QueueFull(
-                f"operation {operation!r} already has {limit} tasks queued or pending (max_queued_per_operation)"
+                f"operation {operation!r} already has {limit} tasks queued, pending or scheduled "
+                "(max_queued_per_operation)"
             )
 
     def _pump_one(self, operation: str) -> bool:
@@ -214,7 +245,7 @@ class TaskMachine:
     def _dispatch(self, task: TaskRecord, state: CollectorState) -> None:
         now = self._now
         task.attempt += 1
-        task.state = TaskState.DISPATCHED
+        self._to(task, TaskState.DISPATCHED)
         task.collector_id = state.collector_id
         task.dispatched_at = now
         self._dispatches += 1
@@ -268,39 +299,41 @@ class TaskMachine:
             parents.append(parent)
         return parents
 
-    def _start(self, task: TaskRecord, parents: list[TaskRecord]) -> None:
-        """Queue a new task, or hold it pending until its parents have succeeded."""
+    def _start(self, task: TaskRecord, parents: list[TaskRecord], *, admit: bool = True) -> None:
+        """A task is born: held pending until its parents have succeeded, scheduled until its time, or queued.
+
+        ``admit``: a new submission, checked against ``max_queue_size`` (a task
+        taken back after a restart is not: it was acknowledged).
+        """
         failed = next((p for p in parents if p.state.terminal and p.state is not TaskState.SUCCEEDED), None)
         if failed is not None:
-            self._dependency_failed(task, failed)
+            self._dependency_failed(task, failed, born=True)
             return
         if parents:  # (an empty frozenset built from a generator is one more object per task)
             task.waiting_on = frozenset(p.task_id for p in parents if p.state is not TaskState.SUCCEEDED)
         if not task.waiting_on:
-            self._enqueue(task, admit=True)
+            self._ready(task, born=True, admit=admit)
             return
         for parent_id in task.waiting_on:
             parent = self._tasks[parent_id]
             if isinstance(parent.children, tuple):
                 parent.children = []
             parent.children.append(task.task_id)
-        task.state = TaskState.PENDING
-        self._pending += 1
-        self._pending_by_operation[task.request.operation] += 1
+        self._to(task, TaskState.PENDING, born=True)
         self._task_event(task)
 
-    def _unpend(self, task: TaskRecord) -> None:
-        """A pending task leaves the pending set (queued, stopped or failed)."""
-        self._pending -= 1
-        operation = task.request.operation
-        self._pending_by_operation[operation] -= 1
-        if not self._pending_by_operation[operation]:
-            del self._pending_by_operation[operation]
+    def _ready(self, task: TaskRecord, *, born: bool = False, admit: bool = False) -> None:
+        """A task whose parents have succeeded: scheduled until its ``not_before`` time, else queued."""
+        not_before = task.request.not_before
+        if not_before is not None and not_before > self._now:
+            self._to(task, TaskState.SCHEDULED, born=born)
+            self._timers.add(not_before, TimerKind.DUE, task.task_id, task.serial)
+            self._task_event(task)
+        else:
+            self._enqueue(task, admit=admit, born=born)
 
-    def _enqueue(self, task: TaskRecord, *, front: bool = False, admit: bool = False) -> None:
-        if task.state is TaskState.PENDING:
-            self._unpend(task)
-        task.state = TaskState.QUEUED
+    def _enqueue(self, task: TaskRecord, *, front: bool = False, admit: bool = False, born: bool = False) -> None:
+        self._to(task, TaskState.QUEUED, born=born)
         task.collector_id = None
         task.queued_at = self._now
         # with admit=False (retry, redelivery, released dependant) a task is
@@ -321,8 +354,6 @@ class TaskMachine:
                 self._release(state, task)
         elif task.state is TaskState.QUEUED:
             self.queue.remove(task.task_id)
-        elif task.state is TaskState.PENDING:
-            self._unpend(task)
 
     def _attempt_failed(self, task: TaskRecord, error: ErrorInfo, result: TaskResult | None = None) -> None:
         task.error, task.result = error, result
@@ -330,7 +361,7 @@ class TaskMachine:
             self._finish(task, TaskState.FAILED)
             return
         task.retries += 1
-        task.state = TaskState.RETRYING
+        self._to(task, TaskState.RETRYING)
         task.collector_id = None
         delay = self.backoff_s(task.retries)
         task.retry_at = self._now + delay
@@ -365,11 +396,15 @@ class TaskMachine:
         task.error = ErrorInfo(type="DeadlineExpired", message=f"deadline passed {where}")
         self._finish(task, TaskState.EXPIRED)
 
-    def _dependency_failed(self, task: TaskRecord, parent: TaskRecord) -> None:
-        self._stop(task, "dependency_failed")
+    def _dependency_failed(self, task: TaskRecord, parent: TaskRecord, *, born: bool = False) -> None:
         message = f"task {parent.task_id} it depends on was {parent.state.value}"
+        self._fail_dependency(task, message, born=born)
+
+    def _fail_dependency(self, task: TaskRecord, message: str, *, born: bool = False) -> None:
+        if not born:
+            self._stop(task, "dependency_failed")
         task.error = ErrorInfo(type="dependency_failed", message=message)
-        self._settle(task, TaskState.FAILED)
+        self._settle(task, TaskState.FAILED, born=born)
 
     def _finish(self, task: TaskRecord, state: TaskState) -> None:
         """Make a task final and resolve the tasks that wait on it (a whole chain, without recursion)."""
@@ -392,10 +427,10 @@ class TaskMachine:
                     continue
                 child.waiting_on -= {parent.task_id}
                 if not child.waiting_on:
-                    self._enqueue(child)
+                    self._ready(child)
 
-    def _settle(self, task: TaskRecord, state: TaskState) -> None:
-        task.state = state
+    def _settle(self, task: TaskRecord, state: TaskState, *, born: bool = False) -> None:
+        self._to(task, state, born=born)
         task.finished_at = self._now
         self._hold(task, -task.size)
         task.size = 0
@@ -416,6 +451,18 @@ class TaskMachine:
             len(request.depends_on) + len(request.constraints)
         )
         self.history.add(task.task_id, self._calls, kept)
+
+    def find_idempotent(self, key: str, owner: int | None, now: float) -> str | None:
+        """The id of the task ``owner`` submitted with ``key`` within ``idempotency_ttl_s``, if it is held."""
+        scope = idempotency_scope(owner, key)
+        task_id = self._keys.get(scope)
+        if task_id is None:
+            return None
+        task = self._tasks.get(task_id)
+        if task is None or task.created_at + self.config.idempotency_ttl_s <= now:
+            del self._keys[scope]
+            return None
+        return task_id
 
     # ---- collector liveness -------------------------------------------
 

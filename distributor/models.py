@@ -29,9 +29,11 @@ ALL_PRIORITIES = tuple(range(PRIORITY_MIN, PRIORITY_MAX + 1))
 
 
 class TaskState(enum.StrEnum):
-    """Lifecycle of a task; the last four are terminal."""
+    """Lifecycle of a task; the last four are terminal (every legal change: :mod:`distributor.transitions`)."""
 
     PENDING = "pending"
+    #: waiting for its ``not_before`` time
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     DISPATCHED = "dispatched"
     RUNNING = "running"
@@ -88,6 +90,8 @@ class TaskRequest(_Record):
     payload: Any = None
     timeout_ms: int = Field(default=30_000, ge=1, le=7 * 86_400_000)
     deadline: float | None = Field(default=None, description="absolute epoch seconds")
+    #: not queued before this time (absolute epoch seconds): the task is ``scheduled`` until then
+    not_before: float | None = Field(default=None, description="absolute epoch seconds")
     constraints: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=32)
     depends_on: list[TaskId] = Field(default_factory=list, max_length=256)
     #: a resubmission with the same key (from the same uid) within ``idempotency_ttl_s``
@@ -220,6 +224,8 @@ class TaskInfo(_View):
     constraints: list[str]
     depends_on: list[str]
     idempotency_key: str | None = None
+    #: not queued before this time (the task is ``scheduled`` until then)
+    not_before: float | None = None
     #: the reply left out ``result.value``: with it the frame would exceed the size limit
     truncated: bool = False
 

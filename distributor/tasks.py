@@ -78,6 +78,7 @@ class TaskRecord:
             constraints=list(self.request.constraints),
             depends_on=list(self.request.depends_on),
             idempotency_key=self.request.idempotency_key,
+            not_before=self.request.not_before,
             truncated=False,
         )
 

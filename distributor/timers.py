@@ -15,6 +15,8 @@ class TimerKind(enum.IntEnum):
     RETRY = 3
     HEARTBEAT_CHECK = 4
     FORGET_COLLECTOR = 5
+    #: a scheduled task's ``not_before`` time
+    DUE = 6
 
 
 class Timer(NamedTuple):

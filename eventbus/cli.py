@@ -22,6 +22,7 @@ from eventbus.clitypes import (
     payload_value,
     read_specs,
     run_command,
+    wall_time,
 )
 from eventbus.errors import EventBusError
 from eventbus.exitcodes import (
@@ -112,6 +113,10 @@ def run() -> None:
 @click.option("--priority", type=click.IntRange(1, 10), help="1-10, higher first [default 5]")
 @click.option("--timeout-ms", type=click.IntRange(min=1), help="run time limit per attempt [default 30000]")
 @click.option("--deadline-s", type=FiniteFloatRange(min=0, min_open=True), help="expire if not done within N s")
+@click.option("--delay-s", type=FiniteFloatRange(min=0), help="queue it only N seconds from now (scheduled until then)")
+@click.option(
+    "--at", callback=wall_time, metavar="ISO8601", help="queue it only at this time (local time without an offset)"
+)
 @click.option(
     "--require",
     "constraints",
@@ -137,6 +142,8 @@ def submit(
     priority: int | None,
     timeout_ms: int | None,
     deadline_s: float | None,
+    delay_s: float | None,
+    at: float | None,
     constraints: tuple[str, ...],
     depends_on: tuple[str, ...],
     task_id: str | None,
@@ -149,14 +156,24 @@ def submit(
     Example: eventbusctl submit echo --payload '{"hello": 1}' --wait
 
     Example: eventbusctl submit solve --payload '{"difficulty": 7}' --require 'skill>=7' --deadline-s 60
+
+    Example: eventbusctl submit echo --delay-s 30    (or --at 2026-12-24T18:00:00Z)
     """
+    if delay_s is not None and at is not None:
+        raise click.UsageError("--delay-s and --at both say when to run it: give one")
     value = payload_value(payload)
-    deadline = time.time() + deadline_s if deadline_s is not None else None
+    now = time.time()
+    deadline = now + deadline_s if deadline_s is not None else None
+    not_before = now + delay_s if delay_s is not None else at
+    if not_before is not None and deadline is not None and not_before >= deadline:
+        when = f"--delay-s {delay_s:g}" if delay_s is not None else "--at"
+        raise click.UsageError(f"{when} is not before --deadline-s {deadline_s:g}: the task could never run")
 
     fields: dict[str, Any] = {
         "priority": priority,
         "timeout_ms": timeout_ms,
         "deadline": deadline,
+        "not_before": not_before,
         "task_id": task_id,
         "constraints": list(constraints) or None,
         "depends_on": list(depends_on) or None,

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,6 +33,18 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+def wall_time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """An ISO 8601 date and time (``2026-12-01T09:30:00+01:00``, ``...Z``) as epoch seconds; local time without
+    a UTC offset."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except (ValueError, OverflowError, OSError):
+        message = f"{value!r} is not an ISO 8601 date and time (e.g. 2026-12-01T09:30:00Z)."
+        raise click.BadParameter(message, ctx, param) from None
 
 
 def check_constraints(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:

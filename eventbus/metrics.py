@@ -62,6 +62,7 @@ COUNTERS = {
 GAUGES = {
     "tasks_queued": "Tasks waiting in the queue.",
     "tasks_pending": "Tasks waiting for the tasks they depend on.",
+    "tasks_scheduled": "Tasks waiting for their not_before time.",
     "tasks_in_flight": "Attempts dispatched and not finished.",
     "tasks_known": "Tasks the daemon keeps (unfinished, and finished ones kept for queries).",
     "unfinished_bytes": "Estimated memory of the tasks not finished yet.",

@@ -349,7 +349,7 @@ def test_a_finished_task_keeps_its_result_but_not_its_payload() -> None:
     tid, actions = dist.submit(TaskRequest(operation="echo", payload={"big": "x" * 1000}), 0.0)
     (d,) = dispatches(actions)
     dist.complete(ok(d, "done"), 1.0, size=100)
-    record = dist._tasks[tid]
+    record = dist._m._tasks[tid]
     assert (record.request.payload, record.result and record.result.value) == (None, "done")
     assert dist.get(tid).result == ok(d, "done")
 

@@ -157,6 +157,7 @@ class DistributorMachine(RuleBasedStateMachine):
         deadline_in=st.none() | st.floats(0.5, 30),
         after=st.booleans(),
         size=st.integers(0, 5000),
+        delay=st.none() | st.floats(0.0, 20),
     )
     def submit(
         self,
@@ -167,15 +168,21 @@ class DistributorMachine(RuleBasedStateMachine):
         deadline_in: float | None,
         after: bool,
         size: int,
+        delay: float | None,
     ) -> None:
         self.n += 1
+        deadline = None if deadline_in is None else self.now + deadline_in
+        not_before = None if delay is None else self.now + delay
+        if not_before is not None and deadline is not None and not_before >= deadline:
+            not_before = None  # (refused: it could never run)
         request = TaskRequest(
             task_id=f"t{self.n}",
             operation=op,
             priority=priority,
             timeout_ms=timeout_ms,
             constraints=[f"skill>={skill}"] if skill else [],
-            deadline=None if deadline_in is None else self.now + deadline_in,
+            deadline=deadline,
+            not_before=not_before,
             depends_on=[self.submitted[-1]] if after and self.submitted else [],
         )
         try:
@@ -198,7 +205,7 @@ class DistributorMachine(RuleBasedStateMachine):
             success=success,
             error=None if success else ErrorInfo(type="E", message="x"),
         )
-        before = self.dist.get(key[0]) if key[0] in self.dist._tasks else None
+        before = self.dist.get(key[0]) if key[0] in self.dist._m._tasks else None
         self.apply(self.dist.complete(result, self.now))
         if before is not None and before.state.terminal:
             assert self.dist.get(key[0]) == before  # a final task never changes
@@ -224,6 +231,18 @@ class DistributorMachine(RuleBasedStateMachine):
         for tid in self.submitted:
             info = self.dist.get(tid)
             assert (self.finished[tid] == 1) == info.state.terminal
+
+    @invariant()
+    def the_state_counts_agree_with_the_tasks_and_scheduled_ones_are_not_due(self) -> None:
+        held = Counter(self.dist.get(tid).state for tid in self.submitted)
+        counts = self.dist._m.counts
+        for state in TaskState:
+            if not state.terminal:
+                assert counts[state] == held[state], state
+        for tid in self.submitted:
+            info = self.dist.get(tid)
+            if info.state is TaskState.SCHEDULED:
+                assert info.not_before is not None and info.not_before > self.now
 
     @invariant()
     def unfinished_tasks_hold_exactly_their_bytes(self) -> None:

@@ -102,7 +102,7 @@ def test_new_serials_continue_after_the_last_one_written() -> None:
     store = written(dist)
     back = restart(store, 2.0)
     later = submit(back, 3.0)
-    assert back._tasks[later].serial > store[first].serial  # listing cursors and FIFO keep their order
+    assert back._m._tasks[later].serial > store[first].serial  # listing cursors and FIFO keep their order
 
 
 def test_deadlines_still_apply_and_a_past_one_expires_on_the_first_tick() -> None:
@@ -206,8 +206,8 @@ def test_collector_records_carry_on_when_a_collector_registers_after_a_restart()
 
 def test_held_requests_share_their_empty_parts_and_still_copy_like_pydantic_models() -> None:
     dist = journaled()
-    a = dist._tasks[submit(dist, 1.0)].request
-    b = dist._tasks[submit(dist, 1.0, metadata={"k": "v"})].request
+    a = dist._m._tasks[submit(dist, 1.0)].request
+    b = dist._m._tasks[submit(dist, 1.0, metadata={"k": "v"})].request
     assert a.constraints is b.constraints and a.__pydantic_fields_set__ is b.__pydantic_fields_set__
     copied = a.model_copy(update={"priority": 9})
     assert copied.priority == 9 and "priority" in copied.__pydantic_fields_set__

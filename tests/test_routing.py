@@ -454,7 +454,7 @@ def test_suspect_and_recovery_keep_a_single_heartbeat_check() -> None:
         dist.heartbeat("a", i + 0.5)
     dist.heartbeat("a", 999.0)
     dist.tick(1000.0)  # every stale check comes due once and is not re-armed
-    assert len(dist._timers) == 1
+    assert len(dist._m._timers) == 1
 
 
 def test_a_huge_integer_attribute_is_rejected_at_registration() -> None:

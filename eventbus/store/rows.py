@@ -68,6 +68,7 @@ _REQUEST = (
     "idempotency_key",
     "metadata",
     "correlation_id",
+    "not_before",  # (rows written before it was added have one field less)
 )
 _RESULT = (
     "attempt",
@@ -168,7 +169,7 @@ def record(row: Sequence[Any], *, validate: bool = False) -> TaskRecord:
     (serial, task_id, _, state, owner, size, attempt, retries, collector_id, created_at, queued_at, dispatched_at,
      finished_at, retry_at, failed_on, blob, payload, _, _, _, _) = row  # fmt: skip
     try:
-        fields = dict(zip(_REQUEST, _unpack(blob), strict=True))
+        fields = _request_fields(blob)
         fields.update(task_id=task_id, created_at=created_at, payload=None if payload is None else _unpack(payload))
         if validate:
             request = compact(TaskRequest.model_validate(fields))
@@ -203,7 +204,7 @@ def info(row: Sequence[Any]) -> TaskInfo:
     (_, task_id, _, state, _, _, attempt, retries, collector_id, created_at, queued_at, dispatched_at,
      finished_at, _, _, blob, _, result, error, _, _) = row  # fmt: skip
     try:
-        request = dict(zip(_REQUEST, _unpack(blob), strict=True))
+        request = _request_fields(blob)
         return built(
             TaskInfo,
             task_id=task_id,
@@ -222,10 +223,23 @@ def info(row: Sequence[Any]) -> TaskInfo:
             constraints=list(request["constraints"]),
             depends_on=list(request["depends_on"]),
             idempotency_key=request["idempotency_key"],
+            not_before=request["not_before"],
             truncated=False,
         )
     except (ValueError, TypeError, KeyError, IndexError, ValidationError, msgpack.UnpackException) as exc:
         raise StateCorrupt(f"task {task_id!r} does not read back: {exc}") from exc
+
+
+def _request_fields(blob: bytes) -> dict[str, Any]:
+    """The request fields of a row's ``request`` blob; a field added since the row was written is None."""
+    values = _unpack(blob)
+    if not isinstance(values, list) or not _REQUEST_BEFORE_NOT_BEFORE <= len(values) <= len(_REQUEST):
+        raise ValueError(f"a request is a list of {len(_REQUEST)} fields, not {type(values).__name__} {values!r:.60}")
+    return dict(zip(_REQUEST, values + [None] * (len(_REQUEST) - len(values)), strict=True))
+
+
+#: fields of the rows written before ``not_before`` was added
+_REQUEST_BEFORE_NOT_BEFORE = _REQUEST.index("not_before")
 
 
 def _result(values: list[Any], task_id: str) -> TaskResult:
