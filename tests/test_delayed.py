@@ -12,7 +12,7 @@ from tests.test_recovery import journaled, restart, written
 
 
 def delayed(dist: TaskDistributor, now: float, not_before: float, **fields: object) -> str:
-    task_id, _ = dist.submit(TaskRequest(operation="echo", not_before=not_before, **fields), now)  # type: ignore[arg-type]
+    task_id, _ = dist.submit(TaskRequest(operation="echo", not_before=not_before, **fields), now)
     return task_id
 
 
