@@ -161,6 +161,7 @@ class TaskInfoS(msgspec.Struct, frozen=True, kw_only=True):
     depends_on: list[str]
     idempotency_key: str | None = None
     not_before: float | None = None
+    effective_priority: int | None = None
     truncated: bool = False
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from distributor.models import PRIORITY_MAX, PRIORITY_MIN
+from distributor.queue import Aging
+
 
 @dataclass(slots=True)
 class DistributorConfig:
@@ -25,11 +28,23 @@ class DistributorConfig:
     idempotency_ttl_s: float = 86_400.0
     #: an unhealthy collector silent this long is forgotten (as if it had deregistered)
     forget_unhealthy_after_s: float = 300.0
+    #: priority aging: a queued task's effective priority rises one level per this many seconds waited
+    #: (None: off, strict priority order)
+    aging_interval_s: float | None = None
+    #: the most levels aging adds to a task's own priority (9: any task can reach the highest)
+    aging_max_boost: int = PRIORITY_MAX - PRIORITY_MIN
 
     @classmethod
     def from_settings(cls, settings: object) -> DistributorConfig:
         """The limits read from the attributes of the same names of ``settings`` (the daemon's settings)."""
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+    @property
+    def aging(self) -> Aging | None:
+        """The queue's aging rule, None when aging is off."""
+        if self.aging_interval_s is None:
+            return None
+        return Aging(self.aging_interval_s, self.aging_max_boost)
 
     @property
     def per_operation_bytes(self) -> int:

@@ -118,9 +118,14 @@ class TaskDistributor:
 
     # ---- queries -------------------------------------------------------
 
-    def get(self, task_id: str) -> TaskInfo:
-        """The public view of a task; :class:`UnknownTask` if it is not known."""
-        return self._m._task(task_id).info()
+    def get(self, task_id: str, now: float | None = None) -> TaskInfo:
+        """A task's public view at ``now`` (None: the last event's time); :class:`UnknownTask` if it is not known."""
+        return self._info(self._m._task(task_id), now)
+
+    def _info(self, task: TaskRecord, now: float | None) -> TaskInfo:
+        if task.state is not TaskState.QUEUED:
+            return task.info()
+        return task.info(self.queue.effective(task.task_id, self._m._now if now is None else now))
 
     def state(self, task_id: str) -> TaskState:
         """A task's state, without building its view; :class:`UnknownTask` if it is not known."""
@@ -136,16 +141,20 @@ class TaskDistributor:
             yield info
 
     def tasks_before(
-        self, cursor: int | None, state: TaskState | None = None, operation: str | None = None
+        self,
+        cursor: int | None,
+        state: TaskState | None = None,
+        operation: str | None = None,
+        now: float | None = None,
     ) -> Iterator[tuple[int, TaskInfo]]:
         """``(cursor, task)`` for known tasks older than ``cursor`` (None: all), newest first, optionally filtered.
 
-        A task's cursor continues the listing after it. Consume the iterator
+        A task's cursor continues the listing after it; views are as at ``now`` (see :meth:`get`). Consume the iterator
         before the next event: it reads the live task table.
         """
         for task in self._m._listing.older_than(cursor):
             if (state is None or task.state is state) and (operation is None or task.request.operation == operation):
-                yield task.serial, task.info()
+                yield task.serial, self._info(task, now)
 
     def find_idempotent(self, key: str, owner: int | None, now: float) -> str | None:
         """The id of the task ``owner`` submitted with ``key`` within ``idempotency_ttl_s``, if it is held."""
@@ -478,6 +487,7 @@ class TaskDistributor:
         """Apply new limits to later decisions; tasks already taken stay, a smaller history evicts now."""
         self._m.config = config
         self.queue.max_size = config.max_queue_size
+        self.queue.aging = config.aging
         self.history.max_tasks = config.max_finished_tasks
         self.history.max_bytes = config.max_finished_bytes
 

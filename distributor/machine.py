@@ -66,7 +66,7 @@ class TaskMachine:
         self._rng = rng or random.Random()
         self.strategy: RoutingStrategy = strategy or LeastLoaded(self._rng)
         self.registry = CapabilityRegistry(self.strategy.key)
-        self.queue = TaskQueue(self.config.max_queue_size)
+        self.queue = TaskQueue(self.config.max_queue_size, self.config.aging)
         self.stats = Stats()
         self.report = ReportBook()
         self.timings = Timings()
@@ -157,7 +157,8 @@ class TaskMachine:
                 else:
                     self._pump_one(op)  # dispatches nothing
             if len(ready) > 1:
-                ready.sort(key=queue.rank)
+                now = self._now
+                ready.sort(key=lambda op: queue.rank(op, now))
             dirty.clear()
             for operation in ready:
                 if self._pump_one(operation):
@@ -223,7 +224,7 @@ class TaskMachine:
             # the pool the first time) is all the walk leaves behind, so make it once.
             registry.pool(operation, PRIORITY_MAX, ())
             return False
-        for priority, task_id in self.queue.candidates(operation):
+        for priority, task_id in self.queue.candidates(operation, self._now):
             task = self._tasks[task_id]
             pool = self.registry.pool(operation, priority, task.constraints)
             state = self._choose(task, pool) if pool else None
@@ -332,15 +333,30 @@ class TaskMachine:
         else:
             self._enqueue(task, admit=admit, born=born)
 
-    def _enqueue(self, task: TaskRecord, *, front: bool = False, admit: bool = False, born: bool = False) -> None:
+    def _enqueue(
+        self,
+        task: TaskRecord,
+        *,
+        front: bool = False,
+        admit: bool = False,
+        born: bool = False,
+        since: float | None = None,
+    ) -> None:
+        """Queue a task; ``since``: when it started waiting there, if before now (a task taken back at a restart)."""
         self._to(task, TaskState.QUEUED, born=born)
         task.collector_id = None
-        task.queued_at = self._now
+        task.queued_at = self._now if since is None else since
         # with admit=False (retry, redelivery, released dependant) a task is
         # always taken back, even past max_queue_size: it was acknowledged
         request = task.request
         self.queue.push(
-            task.task_id, request.operation, request.priority, shape=task.constraints, front=front, admit=admit
+            task.task_id,
+            request.operation,
+            request.priority,
+            shape=task.constraints,
+            front=front,
+            admit=admit,
+            now=task.queued_at,
         )
         self._dirty.add(task.request.operation)
         self._task_event(task)

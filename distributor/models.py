@@ -226,6 +226,8 @@ class TaskInfo(_View):
     idempotency_key: str | None = None
     #: not queued before this time (the task is ``scheduled`` until then)
     not_before: float | None = None
+    #: while queued: the priority it is taken at now (its own, or higher once priority aging raised it)
+    effective_priority: int | None = None
     #: the reply left out ``result.value``: with it the frame would exceed the size limit
     truncated: bool = False
 

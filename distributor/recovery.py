@@ -87,10 +87,8 @@ def restore(
         else:
             if state in (TaskState.DISPATCHED, TaskState.RUNNING):
                 m.stats.tasks_redelivered += 1
-            queued_at = task.queued_at
-            m._enqueue(task, born=True)
-            if state is TaskState.QUEUED:
-                task.queued_at = queued_at  # it has waited since then
+            # a task that was queued has waited since then (for its wait time, and for aging)
+            m._enqueue(task, born=True, since=task.queued_at if state is TaskState.QUEUED else None)
     # only what restoring changed needs writing again, not every task it read
     m._changed = {tid: t for tid, t in m._changed.items() if t.state is not before[tid]}
 

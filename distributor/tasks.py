@@ -58,8 +58,11 @@ class TaskRecord:
     def in_flight(self) -> bool:
         return self.state in IN_FLIGHT
 
-    def info(self) -> TaskInfo:
-        """The public view of the task, built without validation: every field is the record's own."""
+    def info(self, effective_priority: int | None = None) -> TaskInfo:
+        """The public view of the task, built without validation: every field is the record's own.
+
+        ``effective_priority``: what the queue says of it while it is queued (see :meth:`TaskQueue.effective`).
+        """
         return built(
             TaskInfo,
             task_id=self.task_id,
@@ -79,6 +82,7 @@ class TaskRecord:
             depends_on=list(self.request.depends_on),
             idempotency_key=self.request.idempotency_key,
             not_before=self.request.not_before,
+            effective_priority=effective_priority,
             truncated=False,
         )
 

@@ -341,7 +341,7 @@ def tasks(ctx: _Ctx, state: str | None, operation: str | None, limit: int, after
         for i in infos:
             took = f"{i.finished_at - i.created_at:.3f}s" if i.finished_at else "-"
             click.echo(
-                f"{i.task_id}  {i.operation:12} {i.state.value:10} p{i.priority}  attempt={i.attempt}  "
+                f"{i.task_id}  {i.operation:12} {i.state.value:10} p{cliformat.priority(i)}  attempt={i.attempt}  "
                 f"collector={i.collector_id or '-'}  took={took}"
             )
 

@@ -37,6 +37,12 @@ def outcome(info: TaskInfo) -> dict[str, Any]:
     return out
 
 
+def priority(info: TaskInfo) -> str:
+    """A task's own priority, and the effective one beside it once aging raised it: ``2 (aged to 5)``."""
+    aged = info.effective_priority
+    return str(info.priority) if aged is None or aged == info.priority else f"{info.priority} (aged to {aged})"
+
+
 def task_text(info: TaskInfo) -> str:
     """A task as aligned fields: state, attempts, times and durations, then its error or result."""
     retries = f" ({info.retries} {'retry' if info.retries == 1 else 'retries'})" if info.retries else ""
@@ -44,7 +50,7 @@ def task_text(info: TaskInfo) -> str:
         ("task", info.task_id),
         ("operation", info.operation),
         ("state", info.state.value),
-        ("priority", str(info.priority)),
+        ("priority", priority(info)),
         ("attempts", f"{info.attempt}{retries}"),
         ("collector", info.collector_id or "-"),
         ("created", iso(info.created_at)),
@@ -55,6 +61,8 @@ def task_text(info: TaskInfo) -> str:
         ("run time", duration(info.dispatched_at, info.finished_at)),
         ("total", duration(info.created_at, info.finished_at)),
     ]
+    if info.not_before is not None:
+        rows.insert(7, ("not before", iso(info.not_before)))
     if info.constraints:
         rows.append(("requires", ", ".join(info.constraints)))
     if info.depends_on:

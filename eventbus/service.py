@@ -418,13 +418,13 @@ class Service:
         """The task ``owner`` submitted with idempotency ``key`` within idempotency_ttl_s, held or kept."""
         task_id = self.distributor.find_idempotent(key, owner, now)
         if task_id is not None:
-            return self.distributor.get(task_id)
+            return self.distributor.get(task_id, self._clock())
         return self.store.keyed(idempotency_scope(owner, key), now - self.settings.idempotency_ttl_s)
 
     def _view(self, task_id: str) -> TaskInfo:
         """A task's view, from memory or else from the store; :class:`UnknownTask` if neither has it."""
         try:
-            return self.distributor.get(task_id)
+            return self.distributor.get(task_id, self._clock())
         except UnknownTask:
             stored = self.store.task(task_id)
             if stored is None:
@@ -497,9 +497,9 @@ class Service:
         if self._state(task_id).terminal:
             return self._view(task_id).model_dump()
         if operation is not None and not self.distributor.registry.offered(operation):
-            return {**self.distributor.get(task_id).model_dump(), "offered": False}
+            return {**self.distributor.get(task_id, self._clock()).model_dump(), "offered": False}
         if not self._waiters.add(task_id, Waiter(identity, env.id, env.topic), wait_s):
-            return self.distributor.get(task_id).model_dump()  # too many wait already: the state now
+            return self.distributor.get(task_id, self._clock()).model_dump()  # too many wait already: the state now
         return None  # answered when the task finishes or the wait expires
 
     def _get(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:
@@ -522,12 +522,12 @@ class Service:
         if owner != sender.uid and not self._policy.is_admin(sender):
             self._refuse(sender, env.topic, f"may not cancel a task submitted by uid {owner}")
         self.perform(self.distributor.cancel(body.task_id, self._clock()))
-        return self.distributor.get(body.task_id).model_dump()
+        return self.distributor.get(body.task_id, self._clock()).model_dump()
 
     def _list(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
         body = m.parse(m.ListBody, env.body)
         after = None if body.after is None else int(body.after)
-        found = self.distributor.tasks_before(after, body.state, body.operation)
+        found = self.distributor.tasks_before(after, body.state, body.operation, self._clock())
         if self.store.durable and (body.state is None or body.state.terminal):
             kept = self._kept_before(after, body.state, body.operation, body.limit + 1)
             found = heapq.merge(found, kept, key=lambda item: -item[0])

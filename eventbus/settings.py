@@ -83,6 +83,19 @@ class DaemonSettings(_Settings):
     forget_unhealthy_after_s: float = Field(
         default=300.0, gt=0, description="an unhealthy collector silent this long is removed"
     )
+    aging_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="priority aging: a queued task's effective priority rises one level for each this many "
+        "seconds it has waited, up to aging_max_boost levels (unset: off, strict priority order)",
+    )
+    aging_max_boost: int = Field(
+        default=9,
+        ge=1,
+        le=9,
+        description="the most levels aging adds to a task's own priority (9: any task can reach priority 10, "
+        "so none starves)",
+    )
     peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
     max_pending_bytes_per_peer: int = Field(
         default=8 << 20,

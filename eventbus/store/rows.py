@@ -224,6 +224,7 @@ def info(row: Sequence[Any]) -> TaskInfo:
             depends_on=list(request["depends_on"]),
             idempotency_key=request["idempotency_key"],
             not_before=request["not_before"],
+            effective_priority=None,
             truncated=False,
         )
     except (ValueError, TypeError, KeyError, IndexError, ValidationError, msgpack.UnpackException) as exc:
