@@ -162,6 +162,7 @@ class TaskInfoS(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     not_before: float | None = None
     effective_priority: int | None = None
+    limit_wait_s: float = 0.0
     truncated: bool = False
 
 

@@ -20,6 +20,7 @@ from distributor.config import DistributorConfig
 from distributor.constraints import parse_constraints
 from distributor.errors import DuplicateTask, InvalidRequest, InvalidState
 from distributor.history import FinishedHistory
+from distributor.limits import OPERATION, Limit
 from distributor.machine import TaskMachine, new_task_id
 from distributor.models import (
     CollectorCapability,
@@ -205,6 +206,7 @@ class TaskDistributor:
             tasks_evicted=self.history.evicted,
             finished_bytes=self.history.bytes,
             utilization={c.collector_id: round(c.utilization(now), 4) for c in collectors},
+            limits=m.limits.view(now),
         )
 
     def outcomes(self, now: float) -> dict[str, Any]:
@@ -462,6 +464,9 @@ class TaskDistributor:
         """Fire every timer due by ``now``: attempt timeouts, deadlines, retries, due times, heartbeat checks."""
         m = self._m
         while (timer := m._timers.pop_due(now)) is not None:
+            if timer.kind is TimerKind.LIMIT:
+                m.limit_opened(timer.key, timer.serial)
+                continue
             if timer.kind is TimerKind.HEARTBEAT_CHECK:
                 m._check_heartbeat(timer.key, timer.serial, timer.token)
                 continue
@@ -490,6 +495,36 @@ class TaskDistributor:
         self.queue.aging = config.aging
         self.history.max_tasks = config.max_finished_tasks
         self.history.max_bytes = config.max_finished_bytes
+
+    @_event
+    def set_limit(self, kind: str, name: str, limit: Limit | None, now: float) -> None:
+        """Put a limit in force for an operation or a collector type (``kind``), or lift it (None).
+
+        It applies to the next dispatch; attempts already in flight count against a new limit.
+        """
+        m, limits = self._m, self._m.limits
+        old = limits.gates(kind).get(name)
+        if limit is None:
+            limits.remove(kind, name)
+        else:
+            in_flight = 0 if old is not None else self._in_flight_under(kind, name)
+            limits.put(kind, name, limit, now, in_flight)
+        # a looser limit (or none) may let held tasks go now
+        if kind == OPERATION:
+            m._dirty.add(name)
+        elif old is not None:
+            m._dirty.update(old.waiting)
+
+    def _in_flight_under(self, kind: str, name: str) -> int:
+        """Attempts in flight of an operation, or on collectors of a type."""
+        if kind == OPERATION:
+            tasks = self._m._tasks
+            return sum(1 for c in self.registry for task_id in c.attempts if tasks[task_id].request.operation == name)
+        return sum(c.current_tasks for c in self.registry if c.capability.collector_type == name)
+
+    def limits(self, now: float) -> list[dict[str, Any]]:
+        """Every limit in force: its rate and cap, attempts under it, its bucket, and (operations) what it held."""
+        return self._m.limits.view(now)
 
     def set_strategy(self, strategy: RoutingStrategy) -> None:
         """Switch the routing strategy; the next decision uses it."""

@@ -8,10 +8,11 @@ of :mod:`distributor.transitions`. Nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from distributor.actions import Action, Cancel, Dispatch, Finished
@@ -19,6 +20,7 @@ from distributor.config import DistributorConfig
 from distributor.errors import InvalidRequest, QueueFull, UnknownTask
 from distributor.events import collector_event, task_event
 from distributor.history import FinishedHistory
+from distributor.limits import Gate, Limits
 from distributor.listing import TaskListing
 from distributor.models import (
     INVALID_RESULT,
@@ -47,6 +49,10 @@ def _anyone(state: CollectorState) -> bool:
     return True
 
 
+#: the serial of a limit's timer: whose limit it is
+_OPERATION_GATE, _TYPE_GATE = 0, 1
+
+
 def new_task_id() -> str:
     return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
@@ -67,6 +73,7 @@ class TaskMachine:
         self.strategy: RoutingStrategy = strategy or LeastLoaded(self._rng)
         self.registry = CapabilityRegistry(self.strategy.key)
         self.queue = TaskQueue(self.config.max_queue_size, self.config.aging)
+        self.limits = Limits()
         self.stats = Stats()
         self.report = ReportBook()
         self.timings = Timings()
@@ -143,7 +150,7 @@ class TaskMachine:
 
     def flush(self) -> list[Action]:
         """End of every event: dispatch what can be, forget old tasks, hand out the actions to carry out."""
-        dirty, queue, has_room = self._dirty, self.queue, self.registry.has_room
+        dirty, queue, has_room, limits = self._dirty, self.queue, self.registry.has_room, self.limits
         while dirty:
             # one dispatch per operation per round, most urgent operation first (highest
             # priority, then longest waiting), so no operation takes every freed slot;
@@ -151,9 +158,12 @@ class TaskMachine:
             ready: list[str] = []
             for op in dirty:
                 if not queue.depth(op):
+                    if limits.clocks:
+                        limits.unhold(op, self._now)
                     continue
                 if has_room(op):
-                    ready.append(op)
+                    if not limits or not self._held_by_limit(op):
+                        ready.append(op)
                 else:
                     self._pump_one(op)  # dispatches nothing
             if len(ready) > 1:
@@ -224,24 +234,89 @@ class TaskMachine:
             # the pool the first time) is all the walk leaves behind, so make it once.
             registry.pool(operation, PRIORITY_MAX, ())
             return False
+        closed = self.limits.closed_types(self._now) if self.limits.types else None
+        held = False
         for priority, task_id in self.queue.candidates(operation, self._now):
             task = self._tasks[task_id]
             pool = self.registry.pool(operation, priority, task.constraints)
-            state = self._choose(task, pool) if pool else None
+            if not pool:
+                continue
+            state = self._choose(task, pool, closed)
             if state is not None:
                 self.queue.pop(task_id)
                 self._dispatch(task, state)
                 return True
+            if closed:
+                held = self._held_by_type(operation, task, pool, closed) or held
+        if held:
+            self.limits.hold(operation, self._now)
         return False  # no queued shape fits a collector with room right now
 
-    def _choose(self, task: TaskRecord, pool: Pool) -> CollectorState | None:
-        """Every member of ``pool`` can take the task; a retry prefers one it has not failed on."""
+    def _choose(self, task: TaskRecord, pool: Pool, closed: Mapping[str, float] | None = None) -> CollectorState | None:
+        """Every member of ``pool`` can take the task; a retry prefers one it has not failed on.
+
+        ``closed``: collector types whose limit refuses a dispatch now (their collectors are passed over).
+        """
+        select, request = self.strategy.select, task.request
+        if closed:
+            if task.failed_on:
+                failed = task.failed_on
+                state = select(
+                    request, pool, lambda c: c.collector_id not in failed and c.capability.collector_type not in closed
+                )
+                if state is not None:
+                    return state
+            return select(request, pool, lambda c: c.capability.collector_type not in closed)
         if task.failed_on:
             failed = task.failed_on
-            state = self.strategy.select(task.request, pool, lambda c: c.collector_id not in failed)
+            state = select(request, pool, lambda c: c.collector_id not in failed)
             if state is not None:
                 return state
-        return self.strategy.select(task.request, pool, _anyone)
+        return select(request, pool, _anyone)
+
+    # ---- limits --------------------------------------------------------
+
+    def _held_by_limit(self, operation: str) -> bool:
+        """Whether the operation's own limit holds it back now (then its hold clock runs, and a timer is armed)."""
+        limits, now = self.limits, self._now
+        gate = limits.operations.get(operation)
+        opens = None if gate is None else gate.opens_at(now)
+        if gate is None or opens is None:
+            limits.unhold(operation, now)  # (a collector type's limit may hold it again: see _pump_one)
+            return False
+        limits.hold(operation, now)
+        self._arm(gate, opens, operation, _OPERATION_GATE)
+        return True
+
+    def _held_by_type(self, operation: str, task: TaskRecord, pool: Pool, closed: Mapping[str, float]) -> bool:
+        """Whether only a collector type's limit keeps ``task`` off a collector of ``pool`` that has room."""
+        state = self._choose(task, pool)
+        if state is None:
+            return False
+        name = state.capability.collector_type
+        gate = self.limits.types[name]
+        gate.waiting.add(operation)
+        self._arm(gate, closed[name], name, _TYPE_GATE)
+        return True
+
+    def _arm(self, gate: Gate, opens: float, key: str, kind: int) -> None:
+        """A timer for when ``gate`` opens, unless one still to fire does by then (inf: it opens at a release).
+
+        (A timer due at or before now has fired: timers fire before the flush that arms them.)
+        """
+        if opens != math.inf and not self._now < gate.armed_for <= opens:
+            gate.armed_for = opens
+            self._timers.add(opens, TimerKind.LIMIT, key, kind)
+
+    def limit_opened(self, key: str, kind: int) -> None:
+        """A limit's timer fired: look again at what it held back."""
+        if kind == _OPERATION_GATE:
+            self._dirty.add(key)
+        else:
+            gate = self.limits.types.get(key)
+            if gate is not None:
+                self._dirty.update(gate.waiting)
+                gate.waiting = set()
 
     def _dispatch(self, task: TaskRecord, state: CollectorState) -> None:
         now = self._now
@@ -259,6 +334,11 @@ class TaskMachine:
         timeout_at = now + request.timeout_ms / 1000.0
         self._timers.add(timeout_at, TimerKind.ATTEMPT_TIMEOUT, task.task_id, task.serial, task.attempt)
         waited = now - (task.queued_at or now)
+        limits = self.limits
+        if limits or limits.clocks:
+            task.limit_wait_s += limits.dispatched(
+                request.operation, state.capability.collector_type, now, task.limit_mark
+            )
         self.stats.dispatched(request.operation, waited)
         self.timings.dispatched(request.operation, waited)
         collector_type = state.capability.collector_type
@@ -273,6 +353,8 @@ class TaskMachine:
             state.busy_slot_s += max(0.0, self._now - (task.dispatched_at or self._now))
             self.registry.refresh(state)
             self._dirty.update(state.capability.supported_operations)
+            if self.limits:
+                self._dirty.update(self.limits.released(task.request.operation, state.capability.collector_type))
 
     # ---- task lifecycle ------------------------------------------------
 
@@ -346,6 +428,8 @@ class TaskMachine:
         self._to(task, TaskState.QUEUED, born=born)
         task.collector_id = None
         task.queued_at = self._now if since is None else since
+        if self.limits.clocks:
+            task.limit_mark = self.limits.mark(task.request.operation, self._now)
         # with admit=False (retry, redelivery, released dependant) a task is
         # always taken back, even past max_queue_size: it was acknowledged
         request = task.request

@@ -228,6 +228,8 @@ class TaskInfo(_View):
     not_before: float | None = None
     #: while queued: the priority it is taken at now (its own, or higher once priority aging raised it)
     effective_priority: int | None = None
+    #: seconds it waited in its queue held back by a rate limit although a collector had room
+    limit_wait_s: float = 0.0
     #: the reply left out ``result.value``: with it the frame would exceed the size limit
     truncated: bool = False
 

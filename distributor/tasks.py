@@ -38,6 +38,10 @@ class TaskRecord:
     #: encoded size of ``result`` as the host received it (0: not known)
     result_size: int = 0
     error: ErrorInfo | None = None
+    #: the hold clock of its operation when it was queued, and the time it has waited on limits so far
+    #: (see distributor.limits)
+    limit_mark: float = 0.0
+    limit_wait_s: float = 0.0
     # The three below are empty for most tasks: they start as shared empty values
     # and a record gets containers of its own only once it needs them (the history
     # keeps many records, and every container costs memory and garbage-collector work).
@@ -83,6 +87,7 @@ class TaskRecord:
             idempotency_key=self.request.idempotency_key,
             not_before=self.request.not_before,
             effective_priority=effective_priority,
+            limit_wait_s=self.limit_wait_s,
             truncated=False,
         )
 

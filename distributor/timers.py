@@ -17,6 +17,8 @@ class TimerKind(enum.IntEnum):
     FORGET_COLLECTOR = 5
     #: a scheduled task's ``not_before`` time
     DUE = 6
+    #: a rate limit's bucket has a token again
+    LIMIT = 7
 
 
 class Timer(NamedTuple):

@@ -199,5 +199,25 @@ def stop_collectors(collector_id: str | None) -> Call[list[str]]:
     return Call(m.ADMIN_STOP, {"collector_id": collector_id} if collector_id else {}, _asked)
 
 
+def _limits(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(reply["limits"])
+
+
+def limits() -> Call[list[dict[str, Any]]]:
+    """The rate limits in force, each with its source (config or runtime) and state."""
+    return Call(m.LIMITS, {}, _limits)
+
+
+def set_limit(kind: str, name: str, rate: str | None, max_in_flight: int | None) -> Call[dict[str, Any]]:
+    """Set (replace) the runtime limit of an operation or a collector type; the result is the limit in force."""
+    body = {"kind": kind, "name": name, "rate": rate, "max_in_flight": max_in_flight}
+    return Call(m.LIMIT_SET, {k: v for k, v in body.items() if v is not None}, _as_is)
+
+
+def remove_limit(kind: str, name: str) -> Call[list[dict[str, Any]]]:
+    """Remove a runtime limit (the config file's, if it has one, applies again); the result is the limits left."""
+    return Call(m.LIMIT_RM, {"kind": kind, "name": name}, _limits)
+
+
 def subscribe(patterns: tuple[str, ...]) -> Call[None]:
     return Call(m.SUBSCRIBE, {"patterns": list(patterns)}, _nothing)

@@ -14,6 +14,11 @@ import click
 from distributor.models import CollectorInfo, TaskInfo, TaskState
 from eventbus import cliformat
 from eventbus import report as report_format
+from eventbus.cli_scheduling import limit
+from eventbus.clictx import Ctx as _Ctx
+from eventbus.clictx import emit as _emit
+from eventbus.clictx import fail as _fail
+from eventbus.clictx import run as _run
 from eventbus.client import SyncClient
 from eventbus.clitypes import (
     FiniteFloatRange,
@@ -36,45 +41,6 @@ from eventbus.exitcodes import (
 )
 from eventbus.messages import SUBSCRIPTION_DROPPED, TaskPage
 from eventbus.settings import ClientSettings, click_options, load_settings
-
-
-class _Ctx:
-    def __init__(self, settings: ClientSettings, as_json: bool) -> None:
-        self.settings = settings
-        self.json = as_json
-
-    def client(self) -> SyncClient:
-        return SyncClient(self.settings.socket, timeout=self.settings.timeout)
-
-
-def _fail(ctx: _Ctx, code: str, message: str, exit_code: int) -> NoReturn:
-    click.echo(f"eventbusctl: error: {message}", err=True)
-    if ctx.json:
-        click.echo(json.dumps({"error": {"code": code, "message": message}}))
-    sys.exit(exit_code)
-
-
-def _run(ctx: _Ctx, call: Callable[[SyncClient], Any], flags: dict[str, str] | None = None) -> Any:
-    """Call the daemon; every eventbus error becomes one line and its documented exit code.
-
-    ``flags`` maps request fields to the options that set them, so a message about a field names the option.
-    """
-    try:
-        with ctx.client() as client:
-            return call(client)
-    except EventBusError as exc:
-        message = exc.message
-        for field, flag in (flags or {}).items():
-            if message.startswith((f"{field} ", f"{field}.", f"{field}:")):
-                message = flag + message[len(field) :]
-        _fail(ctx, exc.code, message, exit_code_for(exc.code))
-
-
-def _emit(ctx: _Ctx, data: Any, human: Callable[[], None]) -> None:
-    if ctx.json:
-        click.echo(json.dumps(data, default=str))
-    else:
-        human()
 
 
 @click.group(cls=SocketHelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -621,3 +587,6 @@ def bench(
     if problem:
         click.echo(f"eventbusctl: bench: {problem}", err=True)
         sys.exit(EXIT_TASK_FAILED)
+
+
+main.add_command(limit)

@@ -87,7 +87,7 @@ def _percentiles(value: dict[str, Any]) -> str:
 
 def stats_text(data: dict[str, Any]) -> str:
     """``stats`` as a table: counters and gauges first, then each per-name table and the latencies."""
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
     width = max((len(k) for k in data), default=0)
     lines = [f"{key:{width}}  {value}" for key, value in sorted(scalars.items())]
     for key, value in sorted(data.items()):
@@ -99,4 +99,33 @@ def stats_text(data: dict[str, Any]) -> str:
         lines.append(f"{key}:" if value else f"{key:{width}}  -")
         inner = max((len(str(k)) for k in value), default=0)
         lines.extend(f"  {name:{inner}}  {count}" for name, count in sorted(value.items()))
+    if data.get("limits"):
+        lines.append("limits:")
+        lines.extend(f"  {line}" for line in limit_table(data["limits"]).splitlines())
     return "\n".join(lines)
+
+
+def limit_table(views: list[dict[str, Any]]) -> str:
+    """The limits in force as a table."""
+    if not views:
+        return "no limits (set one with: eventbusctl limit set OPERATION --rate 10/s --max-in-flight 4)"
+    head = ("KIND", "NAME", "RATE", "MAX", "IN FLIGHT", "TOKENS", "HELD", "WAITED", "SOURCE")
+    rows = [head]
+    for v in views:
+        held = ("yes" if v.get("held") else "no") if v["kind"] == "operation" else "-"
+        waited = f"{v['tasks_waited']} tasks, {v['waited_s']:.1f}s" if v["kind"] == "operation" else "-"
+        rows.append(
+            (
+                "type" if v["kind"] == "collector_type" else "op",
+                v["name"],
+                v["rate"] or "-",
+                "-" if v["max_in_flight"] is None else str(v["max_in_flight"]),
+                str(v["in_flight"]),
+                "-" if v["tokens"] is None else f"{v['tokens']:.2f}",
+                held,
+                waited,
+                v.get("source", "-"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -98,6 +98,12 @@ class ShuttingDown(EventBusError):
     code = "shutting_down"
 
 
+class UnknownName(EventBusError):
+    """No limit or schedule of that name is defined."""
+
+    code = "not_found"
+
+
 class MetricsUnavailable(EventBusError):
     """The daemon cannot produce metrics: the ``metrics`` extra (prometheus_client) is not installed."""
 

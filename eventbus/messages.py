@@ -28,6 +28,9 @@ STRATEGY = "control.admin.strategy"
 ADMIN_DRAIN = "control.admin.drain"
 ADMIN_UNDRAIN = "control.admin.undrain"
 ADMIN_STOP = "control.admin.stop"
+LIMITS = "control.admin.limits"
+LIMIT_SET = "control.admin.limit.set"
+LIMIT_RM = "control.admin.limit.rm"
 SUBSCRIBE = "control.subscribe"
 UNSUBSCRIBE = "control.unsubscribe"
 # collector -> daemon
@@ -120,6 +123,18 @@ class TaskPage(BaseModel):
 
 class StrategyBody(_Body):
     name: str | None = None
+
+
+class LimitKey(_Body):
+    """Which limit: of an operation (the default) or of a collector type."""
+
+    kind: Literal["operation", "collector_type"] = "operation"
+    name: Segment
+
+
+class LimitSetBody(LimitKey):
+    rate: str | None = Field(default=None, max_length=64, description="N/PERIOD: 10/s, 100/60s, 5/m, 1000/h")
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class StopBody(_Body):

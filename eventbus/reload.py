@@ -1,6 +1,7 @@
 """Reading the daemon's settings again on SIGHUP, and applying the ones that can change live.
 
-Live: the routing strategy, the distributor's limits, the log level and
+Live: the routing strategy, the distributor's limits, the rate limits of the
+config file (``limits``, ``type_limits``), the log level and
 ``shutdown_grace_s``. Every other setting is bound to a socket or to state
 built at start (the socket path, ``max_message_size``, the access lists, the
 per-peer buffers, heartbeat and timer intervals): a change to one is logged as
@@ -31,7 +32,14 @@ DEFAULT_CONFIG_FILE = Path("/etc/eventbus/eventbusd.toml")
 
 #: settings applied by a reload
 LIVE = frozenset(
-    {"strategy", "log_level", "shutdown_grace_s", *(f.name for f in dataclasses.fields(DistributorConfig))}
+    {
+        "strategy",
+        "log_level",
+        "shutdown_grace_s",
+        "limits",
+        "type_limits",
+        *(f.name for f in dataclasses.fields(DistributorConfig)),
+    }
 )
 
 
@@ -100,6 +108,7 @@ def apply(service: Service, settings: DaemonSettings, live: list[str], now: floa
     if "strategy" in live and service.distributor.strategy.name != settings.strategy:
         service.distributor.set_strategy(make_strategy(settings.strategy))
     service.perform(service.distributor.reconfigure(DistributorConfig.from_settings(settings), now))
+    service.limits.configure(settings)
     service.settings = settings
     logging.getLogger().setLevel(settings.log_level.upper())
 

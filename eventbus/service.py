@@ -49,11 +49,12 @@ from eventbus.errors import (
     UnknownVerb,
 )
 from eventbus.fanout import Fanout
+from eventbus.limit_verbs import LimitVerbs
 from eventbus.metrics_http import load_exporter
 from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, item_frames, task_page
 from eventbus.settings import DaemonSettings
-from eventbus.store import NullStore, Recovered, Store, rows
+from eventbus.store import Definition, NullStore, Recovered, Store, rows
 from eventbus.waiters import BatchWait, Waiter, Waiters
 from eventbus.wire import Envelope, Kind, decode, decode_batch, encode, error_body, is_batch, peek_id, weigh
 
@@ -97,6 +98,8 @@ class Service:
         self._journal = self.distributor.journal = self.store.durable
         #: frames caused by changes not committed yet: sent once the commit holding those changes is done
         self._held: list[tuple[bytes, bytes]] = []
+        #: definitions (runtime limits) changed and not handed to the store yet
+        self._definitions: list[Definition] = []
         self._flush_due = False
         self.bad_frames = 0
         self.forbidden = 0
@@ -120,6 +123,8 @@ class Service:
             to_collector=self._to_collector,
         )
         self.owners = collectors.owners
+        self.limits = LimitVerbs(self.distributor, clock=clock, perform=self.perform, define=self._define)
+        self.limits.configure(settings)
         self._waiters = Waiters(loop, self._answer, self._report_batch)
         #: set by :meth:`close`: the daemon is stopping and takes no new work
         self.closing = False
@@ -139,6 +144,7 @@ class Service:
             m.SUBSCRIBE: self._subscribe,
             m.UNSUBSCRIBE: self._unsubscribe,
             **collectors.exact(),
+            **self.limits.exact(),
         }
         # topics ending in the sender's collector id
         self._per_collector: dict[str, Handler] = collectors.per_collector()
@@ -239,7 +245,7 @@ class Service:
         A frame caused by a change the store has not committed yet (a reply with a new task id, a
         dispatch with a new attempt number, the answer to a finished task) waits for that commit.
         """
-        if self._journal and self.distributor.has_changes:
+        if self._journal and self._uncommitted():
             self._held.append((identity, data))
             return True
         if self._send(identity, data):
@@ -247,8 +253,17 @@ class Service:
         self.undelivered += 1
         return False
 
+    def _uncommitted(self) -> bool:
+        return self.distributor.has_changes or bool(self._definitions)
+
+    def _define(self, kind: str, name: str, body: bytes | None) -> None:
+        """Keep (None: forget) what an operator defined at runtime, with the next commit."""
+        self._definitions.append((kind, name, body))
+        if self._journal:
+            self._schedule_flush()
+
     def _schedule_flush(self) -> None:
-        if not self._flush_due and self.distributor.has_changes:
+        if not self._flush_due and self._uncommitted():
             self._flush_due = True
             self._loop.call_soon(self.flush)
 
@@ -260,7 +275,9 @@ class Service:
         """
         self._flush_due = False
         held, self._held = self._held, []
-        self.store.commit(rows.batch(self.distributor.take_changes()), lambda: self._send_held(held))
+        batch = rows.batch(self.distributor.take_changes())
+        batch.definitions, self._definitions = self._definitions, []
+        self.store.commit(batch, lambda: self._send_held(held))
 
     def _send_held(self, held: list[tuple[bytes, bytes]]) -> None:
         for identity, data in held:
@@ -277,6 +294,7 @@ class Service:
             collectors=recovered.collectors,
         )
         self.perform(actions)
+        self.limits.restore(recovered.definitions)
 
     def _reply_error(self, identity: bytes, env: Envelope, exc: EventBusError) -> None:
         self.rejected[exc.code] += 1
@@ -595,6 +613,7 @@ class Service:
         snap["events_dropped"] = self.fanout.dropped
         snap["waiting_requests"] = len(self._waiters)
         snap.update({f"store_{key}": value for key, value in self.store.status().items()})
+        snap["limits"] = self.limits.views()
         return snap
 
     def _subscribe(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
@@ -614,7 +633,7 @@ class Service:
 _CLOSED_VERBS = frozenset({m.SUBMIT, m.BATCH, m.REGISTER, m.ADMIN_UNDRAIN})
 
 #: verbs only the daemon's uid, root and admin_uids may use (and strategy with a name)
-_ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP})
+_ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP, m.LIMIT_SET, m.LIMIT_RM})
 
 
 def _distributor_config(settings: DaemonSettings) -> DistributorConfig:

@@ -20,7 +20,10 @@ from typing import Any, Literal, TypeVar
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from distributor.errors import InvalidRequest
 from distributor.history import RECORD_OVERHEAD
+from distributor.limits import Limit, parse_rate
+from distributor.models import Segment
 from distributor.strategies import STRATEGIES
 from eventbus.errors import ConfigError
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE
@@ -32,6 +35,24 @@ Durability = Literal["fsync", "process", "none"]
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class LimitSetting(_Settings):
+    """A rate limit as the config file writes it: ``{rate = "10/s", max_in_flight = 4}``."""
+
+    rate: str | None = Field(default=None, description="N/PERIOD, e.g. 10/s, 100/60s, 5/m, 1000/h")
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _readable(self) -> LimitSetting:
+        try:
+            self.limit()
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def limit(self) -> Limit:
+        return Limit(self.max_in_flight, None if self.rate is None else parse_rate(self.rate))
 
 
 class DaemonSettings(_Settings):
@@ -95,6 +116,16 @@ class DaemonSettings(_Settings):
         le=9,
         description="the most levels aging adds to a task's own priority (9: any task can reach priority 10, "
         "so none starves)",
+    )
+    limits: dict[Segment, LimitSetting] = Field(
+        default_factory=dict,
+        description="rate limits per operation, a TOML table each, [limits.NAME], with a rate (N/PERIOD: 10/s, "
+        "100/60s, 5/m) and/or a max_in_flight (attempts at once); eventbusctl limit set adds to them at runtime",
+    )
+    type_limits: dict[Segment, LimitSetting] = Field(
+        default_factory=dict,
+        description="rate limits per collector type, as limits: [type_limits.TYPE]; tasks go to collectors of "
+        "other types meanwhile, or wait",
     )
     peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
     max_pending_bytes_per_peer: int = Field(
@@ -335,6 +366,8 @@ def click_options(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Call
             flag = "--" + name.replace("_", "-")
             shown = "" if field.default is None else f"; default {field.default}"
             helptext = f"{field.description} [env {env_name(name)}{shown}]"
+            if typing.get_origin(field.annotation) is dict:  # a table: config file or environment (JSON) only
+                continue
             if typing.get_origin(field.annotation) is tuple:  # a list setting: a repeatable flag
                 item = _click_type(typing.get_args(field.annotation)[0])
                 func = click.option(flag, name, type=item, multiple=True, help=helptext)(func)
@@ -353,8 +386,10 @@ def sample_toml(model: type[BaseModel] = DaemonSettings) -> str:
         "# Load with: eventbusd --config FILE (or EVENTBUS_CONFIG=FILE).",
     ]
     for name, field in model.model_fields.items():
-        default = field.default
-        if default is None:
+        default = field.get_default(call_default_factory=True)
+        if default == {}:
+            value = "{}"
+        elif default is None:
             value = '""  # unset'
         elif isinstance(default, tuple):
             value = json.dumps(list(default))

@@ -336,6 +336,21 @@ class SyncClient:
         """Whether a live collector offers ``operation`` now (else its tasks wait in the queue)."""
         return rq.offers(self.collectors(), operation)
 
+    def limits(self) -> list[dict[str, Any]]:
+        """The rate limits in force: rate, max_in_flight, attempts under each, tokens, what it held, source."""
+        return self._call(rq.limits())
+
+    def set_limit(
+        self, name: str, *, rate: str | None = None, max_in_flight: int | None = None, kind: str = "operation"
+    ) -> dict[str, Any]:
+        """Limit an operation (or, ``kind="collector_type"``, a collector type) at runtime: ``rate`` is
+        ``N/PERIOD`` (``10/s``, ``100/60s``, ``5/m``); kept across restarts until :meth:`remove_limit`."""
+        return self._call(rq.set_limit(kind, name, rate, max_in_flight))
+
+    def remove_limit(self, name: str, *, kind: str = "operation") -> list[dict[str, Any]]:
+        """Remove a runtime limit; the limits left in force."""
+        return self._call(rq.remove_limit(kind, name))
+
     def strategy(self, name: str | None = None) -> str:
         """The routing strategy in use; with ``name``, switch to it first."""
         return self._call(rq.strategy(name))

@@ -26,6 +26,7 @@ from distributor import (
     UnknownCollector,
 )
 from distributor.constraints import parse_constraints, satisfied
+from distributor.limits import COLLECTOR_TYPE, OPERATION, Limit, parse_rate
 
 OPS = ("a", "b", "c")
 
@@ -128,13 +129,42 @@ class DistributorMachine(RuleBasedStateMachine):
     def register(self, cid: str, ops: list[str], slots: int, skill: int, low_only: bool) -> None:
         cap = CollectorCapability(
             collector_id=cid,
-            collector_type="t",
+            collector_type="u" if cid == "c3" else "t",
             supported_operations=ops,
             max_concurrent_tasks=slots,
             priority_levels=[1, 2, 3, 4, 5] if low_only else list(range(1, 11)),
             attributes={"skill": skill},
         )
         self.apply(self.dist.register(cap, self.now))
+
+    @rule(
+        kind=st.sampled_from([OPERATION, COLLECTOR_TYPE]),
+        which=st.integers(0, 1),
+        cap=st.none() | st.integers(1, 4),
+        rate=st.none() | st.sampled_from(["1/s", "3/2s", "2/m"]),
+    )
+    def limit(self, kind: str, which: int, cap: int | None, rate: str | None) -> None:
+        name = (OPS if kind == OPERATION else ["t", "u"])[which]
+        running = self.under(kind, name)
+        if cap is not None:
+            cap = max(cap, running)  # (a cap below what runs now holds until enough end: not checked here)
+        limit = None if cap is None and rate is None else Limit(cap, None if rate is None else parse_rate(rate))
+        self.apply(self.dist.set_limit(kind, name, limit, self.now))
+
+    def under(self, kind: str, name: str) -> int:
+        if kind == OPERATION:
+            return sum(1 for (tid, _) in self.in_flight_now() if self.dist.get(tid).operation == name)
+        return sum(c.current_tasks for c in self.dist.registry if c.capability.collector_type == name)
+
+    def in_flight_now(self) -> list[tuple[str, str]]:
+        return [(tid, c.collector_id) for c in self.dist.registry for tid in c.attempts]
+
+    @invariant()
+    def limits_count_exactly_the_attempts_under_them(self) -> None:
+        for view in self.dist.limits(self.now):
+            assert view["in_flight"] == self.under(view["kind"], view["name"]), view
+            if view["max_in_flight"] is not None:
+                assert view["in_flight"] <= view["max_in_flight"], view
 
     @rule(cid=st.sampled_from(["c1", "c2", "c3"]))
     def deregister(self, cid: str) -> None:

@@ -297,3 +297,31 @@ def test_an_idle_writer_sleeps(state: Path) -> None:
 def _cpu_ticks(stat: Path) -> int:
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_definitions_are_kept_replaced_and_deleted_in_order(state: Path) -> None:
+    async def main() -> None:
+        store = opened(state)
+        done = asyncio.get_running_loop().create_future()
+        batch = Batch(
+            definitions=[
+                ("limit.operation", "echo", b"\x01"),
+                ("limit.operation", "echo", b"\x02"),  # replaced in the same commit
+                ("limit.collector_type", "demo", b"\x03"),
+                ("limit.operation", "gone", b"\x04"),
+                ("limit.operation", "gone", None),  # set then removed: removed
+            ]
+        )
+        assert batch
+        store.commit(batch, lambda: done.set_result(None))
+        await asyncio.wait_for(done, 10)
+        store.close()
+        again = SqliteStore(state, "fsync")
+        recovered = again.recover()
+        again.close()
+        assert recovered.definitions == {
+            "limit.operation": {"echo": b"\x02"},
+            "limit.collector_type": {"demo": b"\x03"},
+        }
+
+    asyncio.run(main())

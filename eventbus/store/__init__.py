@@ -52,6 +52,15 @@ class Batch:
     updates: list[Row] = field(default_factory=list)
     #: (collector_id, (tasks_completed, tasks_failed, total_execution_s))
     collectors: list[tuple[str, CollectorRecord]] = field(default_factory=list)
+    #: what operators defined at runtime, in order: (kind, name, msgpack body), or a None body to delete it
+    definitions: list[Definition] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.updates or self.collectors or self.definitions)
+
+
+#: a definition kept by the store (a runtime rate limit, later a schedule): (kind, name, body or None)
+Definition = tuple[str, str, bytes | None]
 
 
 @dataclass(slots=True)
@@ -67,6 +76,8 @@ class Recovered:
     collectors: dict[str, CollectorRecord] = field(default_factory=dict)
     #: finished tasks kept
     finished: int = 0
+    #: definitions kept, by kind: name -> msgpack body
+    definitions: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,4 +179,4 @@ def open_store(settings: DaemonSettings) -> Store:
     return SqliteStore(directory, settings.durability, retention)
 
 
-__all__ = ["Batch", "NullStore", "Recovered", "Retention", "Row", "Store", "open_store"]
+__all__ = ["Batch", "Definition", "NullStore", "Recovered", "Retention", "Row", "Store", "open_store"]

@@ -225,6 +225,7 @@ def info(row: Sequence[Any]) -> TaskInfo:
             idempotency_key=request["idempotency_key"],
             not_before=request["not_before"],
             effective_priority=None,
+            limit_wait_s=0.0,
             truncated=False,
         )
     except (ValueError, TypeError, KeyError, IndexError, ValidationError, msgpack.UnpackException) as exc:

@@ -76,6 +76,12 @@ CREATE TABLE IF NOT EXISTS collectors (
     tasks_failed INTEGER NOT NULL,
     total_execution_s REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS definitions (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 _INSERT = f"INSERT OR REPLACE INTO tasks ({', '.join(r.COLUMNS)}) VALUES ({', '.join('?' * len(r.COLUMNS))})"
@@ -207,6 +213,8 @@ class SqliteStore:
         recovered.collectors = {
             cid: (done, failed, seconds) for cid, done, failed, seconds in conn.execute("SELECT * FROM collectors")
         }
+        for kind, name, body in conn.execute("SELECT kind, name, body FROM definitions ORDER BY kind, name"):
+            recovered.definitions.setdefault(kind, {})[name] = bytes(body)
         count, held = conn.execute(
             "SELECT count(*), ifnull(sum(bytes), 0) FROM tasks WHERE finished_at IS NOT NULL"
         ).fetchone()
@@ -316,7 +324,8 @@ class SqliteStore:
         rows = [row for b in batches for row in b.rows]
         updates = [row for b in batches for row in b.updates]
         collectors = [(cid, *record) for b in batches for cid, record in b.collectors]
-        if not (rows or updates or collectors):
+        definitions = [d for b in batches for d in b.definitions]
+        if not (rows or updates or collectors or definitions):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -326,6 +335,11 @@ class SqliteStore:
                 conn.executemany(_UPDATE, updates)
             if collectors:
                 conn.executemany(_COLLECTOR, collectors)
+            for kind, name, body in definitions:  # (rare, and in order: a set then a removal is a removal)
+                if body is None:
+                    conn.execute("DELETE FROM definitions WHERE kind = ? AND name = ?", (kind, name))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO definitions VALUES (?, ?, ?)", (kind, name, body))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
