@@ -17,8 +17,7 @@ from typing import Any, Concatenate, ParamSpec
 from distributor import recovery
 from distributor.actions import Action
 from distributor.config import DistributorConfig
-from distributor.constraints import parse_constraints
-from distributor.errors import DuplicateTask, InvalidRequest, InvalidState
+from distributor.errors import InvalidState, UnknownSchedule
 from distributor.history import FinishedHistory
 from distributor.limits import OPERATION, Limit
 from distributor.machine import TaskMachine, new_task_id
@@ -31,15 +30,15 @@ from distributor.models import (
     TaskRequest,
     TaskResult,
     TaskState,
-    compact,
 )
 from distributor.queue import TaskQueue
 from distributor.recovery import Changes, CollectorRecord
 from distributor.registry import CapabilityRegistry
 from distributor.report import ReportBook
+from distributor.schedules import Schedule, Scheduler, ScheduleSpec
 from distributor.stats import Stats
 from distributor.strategies import RoutingStrategy
-from distributor.tasks import TaskRecord, idempotency_scope
+from distributor.tasks import TaskRecord
 from distributor.timers import TimerKind
 from distributor.timings import Timings
 
@@ -90,6 +89,7 @@ class TaskDistributor:
         self.timings: Timings = m.timings
         self.history: FinishedHistory = m.history
         self.report: ReportBook = m.report
+        self._scheduler = Scheduler(m)
 
     @property
     def config(self) -> DistributorConfig:
@@ -172,7 +172,7 @@ class TaskDistributor:
     @property
     def has_changes(self) -> bool:
         """Whether a task record changed since :meth:`take_changes` (only with ``journal`` on)."""
-        return bool(self._m._changed)
+        return bool(self._m._changed) or bool(self._scheduler.changed)
 
     def take_changes(self) -> Changes:
         """The task and collector records changed since the last call, each once, in the order they first changed.
@@ -180,7 +180,9 @@ class TaskDistributor:
         The task records are the live ones: the host must read what it keeps of
         them before it hands any further event to the distributor.
         """
-        return recovery.take_changes(self._m)
+        changes = recovery.take_changes(self._m)
+        changes.schedules = self._scheduler.take_changes()
+        return changes
 
     def collectors(self, now: float) -> list[CollectorInfo]:
         return [c.info(now) for c in self.registry]
@@ -420,32 +422,7 @@ class TaskDistributor:
             known = self.find_idempotent(key, owner, now)
             if known is not None:
                 return known, m.flush()
-        task_id = request.task_id or m._new_task_id()
-        if task_id in m._tasks:
-            raise DuplicateTask(f"task {task_id!r} already exists")
-        if request.deadline is not None and request.deadline <= now:
-            raise InvalidRequest(f"deadline {request.deadline} is already past (now {now:.3f})")
-        if request.not_before is not None and request.deadline is not None and request.not_before >= request.deadline:
-            raise InvalidRequest(
-                f"not_before {request.not_before} is not before the deadline {request.deadline}: it could never run"
-            )
-        constraints = parse_constraints(request.constraints) if request.constraints else ()
-        parents = m._parents(task_id, request.depends_on) if request.depends_on else []
-        m._admit(request.operation, size)
-        created = request.created_at or now
-        request = compact(request, task_id=task_id, created_at=created)
-        m._serial += 1
-        task = TaskRecord(
-            request, task_id, created_at=created, serial=m._serial, constraints=constraints, owner=owner, size=size
-        )
-        m._hold(task, size)
-        m._tasks[task_id] = task
-        if key is not None:
-            m._keys[idempotency_scope(owner, key)] = task_id
-        self.stats.tasks_submitted += 1
-        if request.deadline is not None:
-            m._timers.add(request.deadline, TimerKind.DEADLINE, task_id, task.serial)
-        m._start(task, parents)
+        task_id = m.accept(request, owner, size)
         return task_id, m.flush()
 
     @_event
@@ -466,6 +443,9 @@ class TaskDistributor:
         while (timer := m._timers.pop_due(now)) is not None:
             if timer.kind is TimerKind.LIMIT:
                 m.limit_opened(timer.key, timer.serial)
+                continue
+            if timer.kind is TimerKind.SCHEDULE:
+                self._scheduler.fire(timer.key, timer.token, now)
                 continue
             if timer.kind is TimerKind.HEARTBEAT_CHECK:
                 m._check_heartbeat(timer.key, timer.serial, timer.token)
@@ -525,6 +505,45 @@ class TaskDistributor:
     def limits(self, now: float) -> list[dict[str, Any]]:
         """Every limit in force: its rate and cap, attempts under it, its bucket, and (operations) what it held."""
         return self._m.limits.view(now)
+
+    # ---- schedules -----------------------------------------------------
+
+    @_event
+    def put_schedule(self, spec: ScheduleSpec, now: float) -> None:
+        """Add a periodic schedule, or redefine the one of that name (its last due time handled stays)."""
+        self._scheduler.put(spec, now)
+
+    @_event
+    def remove_schedule(self, name: str, now: float) -> None:
+        """Remove a schedule (its runs already submitted go on); :class:`UnknownSchedule` if there is none."""
+        if self._scheduler.remove(name) is None:
+            raise UnknownSchedule(f"no schedule named {name!r}")
+
+    @_event
+    def pause_schedule(self, name: str, paused: bool, now: float) -> None:
+        """Pause (no runs) or resume (next due after now, the paused time not caught up) a schedule."""
+        if self._scheduler.pause(name, paused, now) is None:
+            raise UnknownSchedule(f"no schedule named {name!r}")
+
+    @_event
+    def restore_schedules(self, records: Iterable[dict[str, Any]], now: float) -> None:
+        """Take back the schedules a store kept (see :meth:`restore`): a due time missed meanwhile runs once."""
+        self._scheduler.restore([Schedule.from_record(r) for r in records], now)
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        """A schedule with its last runs (newest first); :class:`UnknownSchedule` if there is none."""
+        found = self._scheduler.get(name)
+        if found is None:
+            raise UnknownSchedule(f"no schedule named {name!r}")
+        return self._scheduler.view(found)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, by name, with its last runs."""
+        return [self._scheduler.view(s) for _, s in sorted(self._scheduler.schedules.items())]
+
+    def schedule_spec(self, name: str) -> ScheduleSpec | None:
+        found = self._scheduler.get(name)
+        return None if found is None else found.spec
 
     def set_strategy(self, strategy: RoutingStrategy) -> None:
         """Switch the routing strategy; the next decision uses it."""

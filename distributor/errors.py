@@ -41,6 +41,12 @@ class UnknownTask(EventBusError):
     code = "not_found"
 
 
+class UnknownSchedule(EventBusError):
+    """No schedule with that name is defined."""
+
+    code = "not_found"
+
+
 class UnknownCollector(EventBusError):
     """No collector with that id is registered."""
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from distributor.actions import Action, Cancel, Dispatch, Finished
 from distributor.config import DistributorConfig
-from distributor.errors import InvalidRequest, QueueFull, UnknownTask
+from distributor.constraints import parse_constraints
+from distributor.errors import DuplicateTask, InvalidRequest, QueueFull, UnknownTask
 from distributor.events import collector_event, task_event
 from distributor.history import FinishedHistory
 from distributor.limits import Gate, Limits
@@ -27,8 +28,10 @@ from distributor.models import (
     PRIORITY_MAX,
     CollectorStatus,
     ErrorInfo,
+    TaskRequest,
     TaskResult,
     TaskState,
+    compact,
     with_fields,
 )
 from distributor.queue import TaskQueue
@@ -381,6 +384,38 @@ class TaskMachine:
                 raise InvalidRequest(f"depends_on names unknown task {parent_id!r}")
             parents.append(parent)
         return parents
+
+    def accept(self, request: TaskRequest, owner: int | None, size: int) -> str:
+        """Take a new task (see :meth:`TaskDistributor.submit`); returns its id."""
+        now = self._now
+        task_id = request.task_id or self._new_task_id()
+        if task_id in self._tasks:
+            raise DuplicateTask(f"task {task_id!r} already exists")
+        if request.deadline is not None and request.deadline <= now:
+            raise InvalidRequest(f"deadline {request.deadline} is already past (now {now:.3f})")
+        if request.not_before is not None and request.deadline is not None and request.not_before >= request.deadline:
+            raise InvalidRequest(
+                f"not_before {request.not_before} is not before the deadline {request.deadline}: it could never run"
+            )
+        constraints = parse_constraints(request.constraints) if request.constraints else ()
+        parents = self._parents(task_id, request.depends_on) if request.depends_on else []
+        self._admit(request.operation, size)
+        created = request.created_at or now
+        request = compact(request, task_id=task_id, created_at=created)
+        self._serial += 1
+        task = TaskRecord(
+            request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner, size=size
+        )
+        self._hold(task, size)
+        self._tasks[task_id] = task
+        key = request.idempotency_key
+        if key is not None:
+            self._keys[idempotency_scope(owner, key)] = task_id
+        self.stats.tasks_submitted += 1
+        if request.deadline is not None:
+            self._timers.add(request.deadline, TimerKind.DEADLINE, task_id, task.serial)
+        self._start(task, parents)
+        return task_id
 
     def _start(self, task: TaskRecord, parents: list[TaskRecord], *, admit: bool = True) -> None:
         """A task is born: held pending until its parents have succeeded, scheduled until its time, or queued.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from distributor.machine import TaskMachine
 from distributor.models import TaskState
@@ -32,9 +33,11 @@ class Changes:
 
     tasks: list[TaskRecord] = field(default_factory=list)
     collectors: list[tuple[str, CollectorRecord]] = field(default_factory=list)
+    #: schedules as records of plain values (see :meth:`Schedule.record`), or None: removed
+    schedules: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.collectors)
+        return bool(self.tasks or self.collectors or self.schedules)
 
 
 def take_changes(m: TaskMachine) -> Changes:

@@ -19,6 +19,8 @@ class TimerKind(enum.IntEnum):
     DUE = 6
     #: a rate limit's bucket has a token again
     LIMIT = 7
+    #: a periodic schedule is due
+    SCHEDULE = 8
 
 
 class Timer(NamedTuple):

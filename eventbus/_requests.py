@@ -219,5 +219,27 @@ def remove_limit(kind: str, name: str) -> Call[list[dict[str, Any]]]:
     return Call(m.LIMIT_RM, {"kind": kind, "name": name}, _limits)
 
 
+def _schedules(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(reply["schedules"])
+
+
+def schedules() -> Call[list[dict[str, Any]]]:
+    """Every periodic schedule with its next due time and last runs."""
+    return Call(m.SCHEDULES, {}, _schedules)
+
+
+def add_schedule(name: str, operation: str, replace: bool, **fields: Any) -> Call[dict[str, Any]]:
+    """Add a periodic schedule (fields as ``control.admin.schedule.add``); the result is the schedule."""
+    body = {"name": name, "operation": operation, **{k: v for k, v in fields.items() if v is not None}}
+    if replace:
+        body["replace"] = True
+    return Call(m.SCHEDULE_ADD, body, _as_is)
+
+
+def schedule_verb(topic: str, name: str) -> Call[dict[str, Any]]:
+    """show, pause, resume or rm of one schedule (``topic``); the result is the schedule (rm: its name)."""
+    return Call(topic, {"name": name}, _as_is)
+
+
 def subscribe(patterns: tuple[str, ...]) -> Call[None]:
     return Call(m.SUBSCRIBE, {"patterns": list(patterns)}, _nothing)

@@ -14,7 +14,7 @@ import click
 from distributor.models import CollectorInfo, TaskInfo, TaskState
 from eventbus import cliformat
 from eventbus import report as report_format
-from eventbus.cli_scheduling import limit
+from eventbus.cli_scheduling import limit, schedule
 from eventbus.clictx import Ctx as _Ctx
 from eventbus.clictx import emit as _emit
 from eventbus.clictx import fail as _fail
@@ -590,3 +590,4 @@ def bench(
 
 
 main.add_command(limit)
+main.add_command(schedule)

@@ -129,3 +129,53 @@ def limit_table(views: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _when(view: dict[str, Any]) -> str:
+    if view["every"] is not None:
+        return f"every {view['every']}"
+    return f"cron '{view['cron']}' {view['timezone']}"
+
+
+def _last(view: dict[str, Any]) -> str:
+    if not view["runs"]:
+        return "-"
+    run = view["runs"][0]
+    state = run["state"] or ("unknown" if run["task_id"] else run["note"].split(":")[0])
+    return f"{iso(run['due'])} {state}"
+
+
+def schedule_table(views: list[dict[str, Any]]) -> str:
+    """The schedules as a table."""
+    if not views:
+        return "no schedules (add one with: eventbusctl schedule add NAME OPERATION --every 30s)"
+    head = ("NAME", "OPERATION", "WHEN", "NEXT", "LAST RUN", "SOURCE")
+    rows = [head]
+    for v in views:
+        nxt = "paused" if v["paused"] else iso(v["next_due"])
+        rows.append((v["name"], v["operation"], _when(v), nxt, _last(v), v["source"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def schedule_text(view: dict[str, Any]) -> str:
+    """One schedule as aligned fields, then its last runs, newest first."""
+    rows = [
+        ("schedule", view["name"]),
+        ("operation", view["operation"]),
+        ("when", _when(view)),
+        ("next due", "paused" if view["paused"] else iso(view["next_due"])),
+        ("priority", str(view["priority"])),
+        ("overlap", view["overlap"]),
+        ("jitter", f"{view['jitter_s']:g}s"),
+        ("source", view["source"]),
+    ]
+    if view["constraints"]:
+        rows.append(("requires", ", ".join(view["constraints"])))
+    lines = [f"{key:10} {value}" for key, value in rows]
+    if view["runs"]:
+        lines.append("runs")
+        for run in view["runs"]:
+            outcome = run["state"] or "unknown" if run["task_id"] else run["note"]
+            lines.append(f"  {iso(run['due'])}  {run['task_id'] or '-'}  {outcome}")
+    return "\n".join(lines)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from distributor.models import Segment, TaskId, TaskInfo, TaskRequest, TaskResult, TaskState
+from distributor.schedules import ScheduleSpec, parse_every
 from eventbus.errors import InvalidRequest
 
 # request topics (client -> daemon)
@@ -31,6 +32,12 @@ ADMIN_STOP = "control.admin.stop"
 LIMITS = "control.admin.limits"
 LIMIT_SET = "control.admin.limit.set"
 LIMIT_RM = "control.admin.limit.rm"
+SCHEDULES = "control.admin.schedules"
+SCHEDULE_ADD = "control.admin.schedule.add"
+SCHEDULE_SHOW = "control.admin.schedule.show"
+SCHEDULE_PAUSE = "control.admin.schedule.pause"
+SCHEDULE_RESUME = "control.admin.schedule.resume"
+SCHEDULE_RM = "control.admin.schedule.rm"
 SUBSCRIBE = "control.subscribe"
 UNSUBSCRIBE = "control.unsubscribe"
 # collector -> daemon
@@ -135,6 +142,49 @@ class LimitKey(_Body):
 class LimitSetBody(LimitKey):
     rate: str | None = Field(default=None, max_length=64, description="N/PERIOD: 10/s, 100/60s, 5/m, 1000/h")
     max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class ScheduleName(_Body):
+    name: Segment
+
+
+class ScheduleFields(_Body):
+    """A periodic schedule as the config file and ``control.admin.schedule.add`` write it."""
+
+    operation: Segment
+    every: str | None = Field(default=None, max_length=32, description="a period: 30s, 5m, 1h, 1d")
+    cron: str | None = Field(default=None, max_length=256, description="5 fields, e.g. '*/5 * * * *'")
+    timezone: str | None = Field(default=None, max_length=64, description="of cron; default the daemon's")
+    payload: Any = None
+    priority: int = Field(default=5, ge=1, le=10)
+    timeout_ms: int = Field(default=30_000, ge=1, le=7 * 86_400_000)
+    constraints: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=32)
+    jitter_s: float = Field(default=0.0, ge=0, le=86_400)
+    overlap: Literal["skip", "queue"] = "skip"
+
+    @model_validator(mode="after")
+    def _when(self) -> ScheduleFields:
+        try:
+            if (self.every is None) == (self.cron is None):
+                raise InvalidRequest("give one of every (e.g. 30s) or cron (e.g. '*/5 * * * *')")
+            # the rest as the distributor checks it (name and operation are checked above)
+            ScheduleSpec(
+                name="x",
+                operation=self.operation,
+                every_s=None if self.every is None else parse_every(self.every),
+                cron=self.cron,
+                timezone=self.timezone or "UTC",
+                constraints=tuple(self.constraints),
+            )
+        except InvalidRequest as exc:
+            raise ValueError(exc.message.replace("schedule 'x': ", "")) from None
+        return self
+
+
+class ScheduleBody(ScheduleFields):
+    name: Segment
+    #: replace a schedule of that name (else adding one that exists is refused)
+    replace: StrictBool = False
 
 
 class StopBody(_Body):

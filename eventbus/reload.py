@@ -1,7 +1,7 @@
 """Reading the daemon's settings again on SIGHUP, and applying the ones that can change live.
 
 Live: the routing strategy, the distributor's limits, the rate limits of the
-config file (``limits``, ``type_limits``), the log level and
+config file (``limits``, ``type_limits``), its schedules, the log level and
 ``shutdown_grace_s``. Every other setting is bound to a socket or to state
 built at start (the socket path, ``max_message_size``, the access lists, the
 per-peer buffers, heartbeat and timer intervals): a change to one is logged as
@@ -38,6 +38,7 @@ LIVE = frozenset(
         "shutdown_grace_s",
         "limits",
         "type_limits",
+        "schedules",
         *(f.name for f in dataclasses.fields(DistributorConfig)),
     }
 )
@@ -109,6 +110,7 @@ def apply(service: Service, settings: DaemonSettings, live: list[str], now: floa
         service.distributor.set_strategy(make_strategy(settings.strategy))
     service.perform(service.distributor.reconfigure(DistributorConfig.from_settings(settings), now))
     service.limits.configure(settings)
+    service.schedules.configure(settings)
     service.settings = settings
     logging.getLogger().setLevel(settings.log_level.upper())
 

@@ -53,6 +53,7 @@ from eventbus.limit_verbs import LimitVerbs
 from eventbus.metrics_http import load_exporter
 from eventbus.peers import UNKNOWN, AccessPolicy, Peer
 from eventbus.replies import encode_reply, item_frames, task_page
+from eventbus.schedule_verbs import ScheduleVerbs, host_zone
 from eventbus.settings import DaemonSettings
 from eventbus.store import Definition, NullStore, Recovered, Store, rows
 from eventbus.waiters import BatchWait, Waiter, Waiters
@@ -125,6 +126,14 @@ class Service:
         self.owners = collectors.owners
         self.limits = LimitVerbs(self.distributor, clock=clock, perform=self.perform, define=self._define)
         self.limits.configure(settings)
+        self.schedules = ScheduleVerbs(
+            self.distributor,
+            clock=clock,
+            perform=self.perform,
+            max_message_size=settings.max_message_size,
+            timezone=settings.timezone or host_zone(),
+            stored_state=self._stored_state,
+        )
         self._waiters = Waiters(loop, self._answer, self._report_batch)
         #: set by :meth:`close`: the daemon is stopping and takes no new work
         self.closing = False
@@ -145,6 +154,7 @@ class Service:
             m.UNSUBSCRIBE: self._unsubscribe,
             **collectors.exact(),
             **self.limits.exact(),
+            **self.schedules.exact(),
         }
         # topics ending in the sender's collector id
         self._per_collector: dict[str, Handler] = collectors.per_collector()
@@ -276,7 +286,8 @@ class Service:
         self._flush_due = False
         held, self._held = self._held, []
         batch = rows.batch(self.distributor.take_changes())
-        batch.definitions, self._definitions = self._definitions, []
+        batch.definitions += self._definitions
+        self._definitions = []
         self.store.commit(batch, lambda: self._send_held(held))
 
     def _send_held(self, held: list[tuple[bytes, bytes]]) -> None:
@@ -295,6 +306,12 @@ class Service:
         )
         self.perform(actions)
         self.limits.restore(recovered.definitions)
+        self.schedules.restore(recovered.definitions.get(rows.SCHEDULE, {}), self.settings)
+
+    def _stored_state(self, task_id: str) -> str | None:
+        """The state of a finished task kept in the store only (None: not there either)."""
+        info = self.store.task(task_id)
+        return None if info is None else info.state.value
 
     def _reply_error(self, identity: bytes, env: Envelope, exc: EventBusError) -> None:
         self.rejected[exc.code] += 1
@@ -538,7 +555,8 @@ class Service:
         body = m.parse(m.TaskIdBody, env.body)
         owner, sender = self.distributor.owner(body.task_id), self._sender
         if owner != sender.uid and not self._policy.is_admin(sender):
-            self._refuse(sender, env.topic, f"may not cancel a task submitted by uid {owner}")
+            by = "the daemon (a schedule's run)" if owner is None else f"uid {owner}"
+            self._refuse(sender, env.topic, f"may not cancel a task submitted by {by}")
         self.perform(self.distributor.cancel(body.task_id, self._clock()))
         return self.distributor.get(body.task_id, self._clock()).model_dump()
 
@@ -633,7 +651,19 @@ class Service:
 _CLOSED_VERBS = frozenset({m.SUBMIT, m.BATCH, m.REGISTER, m.ADMIN_UNDRAIN})
 
 #: verbs only the daemon's uid, root and admin_uids may use (and strategy with a name)
-_ADMIN_VERBS = frozenset({m.ADMIN_DRAIN, m.ADMIN_UNDRAIN, m.ADMIN_STOP, m.LIMIT_SET, m.LIMIT_RM})
+_ADMIN_VERBS = frozenset(
+    {
+        m.ADMIN_DRAIN,
+        m.ADMIN_UNDRAIN,
+        m.ADMIN_STOP,
+        m.LIMIT_SET,
+        m.LIMIT_RM,
+        m.SCHEDULE_ADD,
+        m.SCHEDULE_PAUSE,
+        m.SCHEDULE_RESUME,
+        m.SCHEDULE_RM,
+    }
+)
 
 
 def _distributor_config(settings: DaemonSettings) -> DistributorConfig:

@@ -24,8 +24,10 @@ from distributor.errors import InvalidRequest
 from distributor.history import RECORD_OVERHEAD
 from distributor.limits import Limit, parse_rate
 from distributor.models import Segment
+from distributor.schedules import zone
 from distributor.strategies import STRATEGIES
 from eventbus.errors import ConfigError
+from eventbus.messages import ScheduleFields
 from eventbus.wire import DEFAULT_MAX_MESSAGE_SIZE
 
 ENV_PREFIX = "EVENTBUS_"
@@ -127,6 +129,16 @@ class DaemonSettings(_Settings):
         description="rate limits per collector type, as limits: [type_limits.TYPE]; tasks go to collectors of "
         "other types meanwhile, or wait",
     )
+    schedules: dict[Segment, ScheduleFields] = Field(
+        default_factory=dict,
+        description="periodic schedules, a TOML table each, [schedules.NAME], with operation and every (30s, 5m) "
+        "or cron ('*/5 * * * *'), and optionally payload, priority, timeout_ms, constraints, jitter_s, overlap "
+        "(skip or queue), timezone; reconciled at start and on SIGHUP",
+    )
+    timezone: str | None = Field(
+        default=None,
+        description="time zone of cron schedules that name none (unset: the host's, from TZ or /etc/localtime)",
+    )
     peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
     max_pending_bytes_per_peer: int = Field(
         default=8 << 20,
@@ -193,6 +205,16 @@ class DaemonSettings(_Settings):
     def _known_strategy(cls, value: str) -> str:
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r} (known: {', '.join(sorted(STRATEGIES))})")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zone(value)
+            except InvalidRequest as exc:
+                raise ValueError(exc.message) from None
         return value
 
     @field_validator("metrics_listen")

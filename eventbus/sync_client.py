@@ -351,6 +351,30 @@ class SyncClient:
         """Remove a runtime limit; the limits left in force."""
         return self._call(rq.remove_limit(kind, name))
 
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every periodic schedule: its definition, next due time and last runs."""
+        return self._call(rq.schedules())
+
+    def add_schedule(self, name: str, operation: str, *, replace: bool = False, **fields: Any) -> dict[str, Any]:
+        """Add a periodic schedule: ``every="30s"`` or ``cron="*/5 * * * *"``, and optionally ``payload``,
+        ``priority``, ``timeout_ms``, ``constraints``, ``jitter_s``, ``overlap`` ("skip" or "queue"),
+        ``timezone``. Kept across restarts until :meth:`remove_schedule`."""
+        return self._call(rq.add_schedule(name, operation, replace, **fields))
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        """One schedule with its last runs (newest first) and their tasks' states."""
+        return self._call(rq.schedule_verb(m.SCHEDULE_SHOW, name))
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        return self._call(rq.schedule_verb(m.SCHEDULE_PAUSE, name))
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Resume a paused schedule: next due after now (the paused time is not caught up)."""
+        return self._call(rq.schedule_verb(m.SCHEDULE_RESUME, name))
+
+    def remove_schedule(self, name: str) -> None:
+        self._call(rq.schedule_verb(m.SCHEDULE_RM, name))
+
     def strategy(self, name: str | None = None) -> str:
         """The routing strategy in use; with ``name``, switch to it first."""
         return self._call(rq.strategy(name))

@@ -31,6 +31,9 @@ from distributor.tasks import TaskRecord
 from eventbus.errors import StateCorrupt
 from eventbus.store import Batch
 
+#: the store's kind of a schedule's definition (its record: :meth:`distributor.schedules.Schedule.record`)
+SCHEDULE = "schedule"
+
 #: the columns of a task row, in order
 COLUMNS = (
     "serial",  # submission order: FIFO order within a priority, and the listing cursor
@@ -92,6 +95,8 @@ def batch(changes: Changes) -> Batch:
     Marks each task as written (``stored``), so the next change of a task writes only its state.
     """
     out = Batch(collectors=changes.collectors)
+    for name, record in changes.schedules:
+        out.definitions.append((SCHEDULE, name, None if record is None else _pack(record)))
     for task in changes.tasks:
         # (a task only starting to run is no change: the distributor does not report it)
         if not task.stored or task.state.terminal:
