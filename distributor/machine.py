@@ -292,14 +292,16 @@ class TaskMachine:
         return True
 
     def _held_by_type(self, operation: str, task: TaskRecord, pool: Pool, closed: Mapping[str, float]) -> bool:
-        """Whether only a collector type's limit keeps ``task`` off a collector of ``pool`` that has room."""
-        state = self._choose(task, pool)
-        if state is None:
+        """Whether only collector types' limits keep ``task`` off the collectors of ``pool`` with room.
+
+        Then the operation is looked at again when any closed type opens (its timer, or an attempt ending).
+        """
+        if self._choose(task, pool) is None:
             return False
-        name = state.capability.collector_type
-        gate = self.limits.types[name]
-        gate.waiting.add(operation)
-        self._arm(gate, closed[name], name, _TYPE_GATE)
+        for name, opens in closed.items():
+            gate = self.limits.types[name]
+            gate.waiting.add(operation)
+            self._arm(gate, opens, name, _TYPE_GATE)
         return True
 
     def _arm(self, gate: Gate, opens: float, key: str, kind: int) -> None:

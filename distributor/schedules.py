@@ -337,6 +337,10 @@ class Scheduler:
             schedule.runs.append(Run(due, None, f"refused: {exc.code}: {exc.message}"))
             self.refused += 1
             return
+        except ValueError as exc:  # a request that does not validate (a definition read back from an old store)
+            schedule.runs.append(Run(due, None, f"refused: invalid: {str(exc).splitlines()[0]}"))
+            self.refused += 1
+            return
         schedule.runs.append(Run(due, task_id, "fired"))
         self.fired += 1
 

@@ -41,6 +41,8 @@ def limit() -> None:
     1000/h). A held task waits in its queue; other operations go on. Limits set here
     are kept across restarts; those of the config file ([limits.NAME],
     [type_limits.TYPE]) apply where none is set here.
+
+    Example: eventbusctl limit set enumerate_processes --rate 10/s --max-in-flight 4
     """
 
 
@@ -94,6 +96,8 @@ def schedule() -> None:
     While the previous run is unfinished a due time is skipped (--overlap skip,
     the default) or runs anyway (--overlap queue). Schedules are kept across
     restarts; those of the config file ([schedules.NAME]) are changed there.
+
+    Example: eventbusctl schedule add procs enumerate_processes --every 30s
     """
 
 

@@ -267,9 +267,9 @@ class Service:
         return self.distributor.has_changes or bool(self._definitions)
 
     def _define(self, kind: str, name: str, body: bytes | None) -> None:
-        """Keep (None: forget) what an operator defined at runtime, with the next commit."""
-        self._definitions.append((kind, name, body))
+        """Keep (None: forget) what an operator defined at runtime, with the next commit (with a store)."""
         if self._journal:
+            self._definitions.append((kind, name, body))
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +16,7 @@ from distributor import (
     TaskState,
 )
 from distributor.limits import COLLECTOR_TYPE, OPERATION, Limit, Rate, parse_rate
+from distributor.timers import TimerKind
 from tests.test_distributor import cap, dispatches, ok
 
 
@@ -193,5 +192,17 @@ def test_without_limits_no_timer_and_no_clock_is_made() -> None:
     dist = TaskDistributor()
     many(dist, 3, 0.0)
     dist.register(cap("c1"), 0.0)
-    assert dist.limits(0.0) == [] and dist.next_timer() is not None  # (the attempt timeouts)
-    assert not dist._m.limits.clocks and math.isfinite(dist.next_timer() or 0.0)
+    assert dist.limits(0.0) == [] and not dist._m.limits.clocks
+    assert all(t.kind is not TimerKind.LIMIT for t in dist._m._timers._heap)
+
+
+def test_a_task_held_by_several_type_limits_goes_when_the_first_of_them_opens() -> None:
+    dist = TaskDistributor(DistributorConfig(heartbeat_timeout_s=1e9))
+    dist.set_limit(COLLECTOR_TYPE, "gpu", Limit(rate=Rate(1, 10.0)), 0.0)
+    dist.set_limit(COLLECTOR_TYPE, "tpu", Limit(rate=Rate(1, 2.0)), 0.0)
+    many(dist, 3, 0.0)
+    first = dispatches(dist.register(typed("g1", "gpu"), 0.0)) + dispatches(dist.register(typed("t1", "tpu"), 0.0))
+    assert len(first) == 2  # one on each; the third waits for a token of either type
+    assert run_by_timers(dist, 20.0) == [2.0]
+    (late,) = [t for t in dist.tasks(state=TaskState.SUCCEEDED) if t.limit_wait_s > 0]
+    assert late.collector_id == "t1" and late.limit_wait_s == pytest.approx(2.0)

@@ -155,6 +155,8 @@ _DOCUMENTED: dict[str, set[str]] = {
     "watch": {"topic", "body"},
     "batch": _TASK_KEYS | {"index"},
     "bench": {"tasks_per_s", "latency_ms", "daemon_cpu_us_per_task", "throughput_ratio", "p99_ratio", "env", "lost"},
+    "limit": {"kind", "name", "rate", "max_in_flight", "in_flight", "tokens", "source"},
+    "schedule": {"name", "operation", "every", "cron", "timezone", "paused", "next_due", "runs", "source"},
 }
 
 
@@ -202,6 +204,8 @@ def test_json_output_parses_and_holds_the_documented_keys(bus: Bus, name: str) -
         "undrain": ["undrain", "json-1"],
         "stop": ["stop", "json-1"],
         "bench": ["bench", "--tasks", "50", "--in-flight", "5", "--no-baseline"],  # on a private daemon
+        "limit": ["limit", "set", "echo", "--rate", "5/s"],
+        "schedule": ["schedule", "add", "hourly", "echo", "--every", "1h"],
     }.get(name, [name])
     result = _watch_one(bus) if name == "watch" else bus.ctl("--json", *args)
     data = _json(result)
