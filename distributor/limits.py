@@ -175,9 +175,11 @@ class Limits:
         self.operations: dict[str, Gate] = {}
         self.types: dict[str, Gate] = {}
         self.clocks: dict[str, HoldClock] = {}
+        #: whether any limit is in force (read on every dispatch: an attribute, not a computation)
+        self.active = False
 
     def __bool__(self) -> bool:
-        return bool(self.operations or self.types)
+        return self.active
 
     def gates(self, kind: str) -> dict[str, Gate]:
         if kind == OPERATION:
@@ -191,9 +193,12 @@ class Limits:
         gates = self.gates(kind)
         old = gates.get(name)
         gates[name] = new_gate(limit, now, in_flight) if old is None else replaced_gate(old, limit, now)
+        self.active = True
 
     def remove(self, kind: str, name: str) -> Gate | None:
-        return self.gates(kind).pop(name, None)
+        gate = self.gates(kind).pop(name, None)
+        self.active = bool(self.operations or self.types)
+        return gate
 
     def closed_types(self, now: float) -> dict[str, float]:
         """Collector types whose limit refuses a dispatch now, with when each opens (inf: at a release)."""

@@ -42,7 +42,7 @@ from distributor.strategies import LeastLoaded, RoutingStrategy
 from distributor.tasks import TaskRecord, idempotency_scope
 from distributor.timers import TimerHeap, TimerKind
 from distributor.timings import Timings
-from distributor.transitions import WAITING, check
+from distributor.transitions import BORN, MOVES, WAITING, check
 
 #: bytes a kept task id or constraint string costs in a finished record (string, list slot)
 _KEPT_PER_ITEM = 256
@@ -90,7 +90,7 @@ class TaskMachine:
         self._actions: list[Action] = []
         self._now = 0.0
         #: tasks in each state (final ones included), and per operation those waiting (pending or scheduled)
-        self.counts: Counter[TaskState] = Counter()
+        self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._waiting_by_operation: Counter[str] = Counter()
         #: bytes of the tasks not finished yet (their submitted size), in all and per operation
         self.open_bytes = 0
@@ -117,10 +117,14 @@ class TaskMachine:
 
     def _to(self, task: TaskRecord, new: TaskState, *, born: bool = False) -> None:
         """Move a task to ``new`` (:class:`IllegalTransition` if the table forbids it); ``born``: its first state."""
-        old = None if born else task.state
-        check(old, new)
         counts = self.counts
-        if old is not None:
+        if born:
+            if new not in BORN:
+                check(None, new)
+        else:
+            old = task.state
+            if new not in MOVES[old]:
+                check(old, new)  # raises, naming both
             counts[old] -= 1
             if old in WAITING:
                 self._waiting_by_operation[task.request.operation] -= 1
@@ -165,7 +169,7 @@ class TaskMachine:
                         limits.unhold(op, self._now)
                     continue
                 if has_room(op):
-                    if not limits or not self._held_by_limit(op):
+                    if not limits.active or not self._held_by_limit(op):
                         ready.append(op)
                 else:
                     self._pump_one(op)  # dispatches nothing
@@ -340,7 +344,7 @@ class TaskMachine:
         self._timers.add(timeout_at, TimerKind.ATTEMPT_TIMEOUT, task.task_id, task.serial, task.attempt)
         waited = now - (task.queued_at or now)
         limits = self.limits
-        if limits or limits.clocks:
+        if limits.active or limits.clocks:
             task.limit_wait_s += limits.dispatched(
                 request.operation, state.capability.collector_type, now, task.limit_mark
             )
@@ -358,7 +362,7 @@ class TaskMachine:
             state.busy_slot_s += max(0.0, self._now - (task.dispatched_at or self._now))
             self.registry.refresh(state)
             self._dirty.update(state.capability.supported_operations)
-            if self.limits:
+            if self.limits.active:
                 self._dirty.update(self.limits.released(task.request.operation, state.capability.collector_type))
 
     # ---- task lifecycle ------------------------------------------------
