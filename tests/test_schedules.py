@@ -245,3 +245,16 @@ def test_whatever_the_clock_does_each_due_time_runs_at_most_once_in_order(steps:
         if now == highest and now >= 1000.0 + period:
             # caught up: the latest due time passed has run
             assert dues and dues[-1] == (now // period) * period
+
+
+def test_a_cron_schedule_across_clock_jumps_runs_each_due_time_once() -> None:
+    dist = TaskDistributor(DistributorConfig(max_queue_size=100_000, max_queued_per_operation=100_000))
+    start = at("2026-10-25T01:00:00")
+    spec = ScheduleSpec(name="c", operation="echo", cron="*/5 * * * *", timezone="Europe/Berlin", overlap="queue")
+    dist.put_schedule(spec, start)
+    # the wall clock as a host may see it: steps back (NTP), forward (a suspend), back again
+    for now in [start + s for s in (300, 600, 400, 200, 900, 2400, 2100, 2400, 2700, 3000)]:
+        dist.tick(now)
+    dues = fired(dist, "c")
+    assert dues == sorted(set(dues))
+    assert [round(d - start) for d in dues] == [300, 600, 900, 2400, 2700, 3000]  # 1200-2100 caught up by 2400
