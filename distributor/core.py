@@ -530,6 +530,23 @@ class TaskDistributor:
         """Take back the schedules a store kept (see :meth:`restore`): a due time missed meanwhile runs once."""
         self._scheduler.restore([Schedule.from_record(r) for r in records], now)
 
+    @_event
+    def set_schedules_active(self, active: bool, now: float) -> None:
+        """Run the schedules here, or not (a cluster's leader runs them; see :meth:`schedule_handled`)."""
+        self._scheduler.set_active(active, now)
+
+    def schedule_handled(self, name: str, due: float) -> None:
+        """Another node ran schedule ``name`` for ``due``: it is not run here for that time or an earlier one."""
+        self._scheduler.handled(name, due)
+
+    def schedule_last_dues(self) -> dict[str, float]:
+        """The last due time handled of each schedule that has one (what a leader shares)."""
+        return self._scheduler.last_dues()
+
+    @property
+    def schedules_active(self) -> bool:
+        return self._scheduler.active
+
     def schedule(self, name: str) -> dict[str, Any]:
         """A schedule with its last runs (newest first); :class:`UnknownSchedule` if there is none."""
         found = self._scheduler.get(name)

@@ -252,6 +252,9 @@ class Scheduler:
         self.fired = 0
         self.skipped = 0
         self.refused = 0
+        #: whether this distributor runs its schedules (in a cluster only the leader does; the others
+        #: keep their due times planned, and take over from the last due times the leader shared)
+        self.active = True
 
     def __len__(self) -> int:
         return len(self.schedules)
@@ -302,16 +305,40 @@ class Scheduler:
             schedule.next_due = None
         else:
             # after the last due time handled (a missed one is then due at once), else after now
-            since = schedule.last_due if schedule.last_due is not None else now
+            since = schedule.last_due if schedule.last_due is not None and self.active else now
             schedule.next_due = schedule.spec.due_after(since)
             self._m._timers.add(schedule.next_due, TimerKind.SCHEDULE, schedule.spec.name, 0, schedule.token)
         if write:
             self._changed(schedule.spec.name, schedule)
 
+    def set_active(self, active: bool, now: float) -> None:
+        """Run schedules (a due time missed since the last one handled then runs once, now), or stop running them."""
+        if active == self.active:
+            return
+        self.active = active
+        for schedule in self.schedules.values():
+            self._plan(schedule, now, write=False)
+
+    def handled(self, name: str, due: float) -> None:
+        """Another node ran ``name`` for ``due``: never run it for that time or an earlier one."""
+        schedule = self.schedules.get(name)
+        if schedule is not None and (schedule.last_due is None or due > schedule.last_due):
+            schedule.last_due = due
+            self._changed(name, schedule)
+
+    def last_dues(self) -> dict[str, float]:
+        """The last due time handled of each schedule that has one."""
+        return {name: s.last_due for name, s in self.schedules.items() if s.last_due is not None}
+
     def fire(self, name: str, token: int, now: float) -> None:
         """A schedule's timer: run it once for the latest due time passed, then plan the next."""
         schedule = self.schedules.get(name)
         if schedule is None or schedule.token != token or schedule.paused or schedule.next_due is None:
+            return
+        if not self.active:  # not ours to run: look again at the next due time
+            schedule.next_due = schedule.spec.due_after(now)
+            schedule.token += 1
+            self._m._timers.add(schedule.next_due, TimerKind.SCHEDULE, name, 0, schedule.token)
             return
         due = schedule.spec.latest_due(schedule.next_due, now)
         if schedule.last_due is None or due > schedule.last_due:

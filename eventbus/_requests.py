@@ -219,6 +219,11 @@ def remove_limit(kind: str, name: str) -> Call[list[dict[str, Any]]]:
     return Call(m.LIMIT_RM, {"kind": kind, "name": name}, _limits)
 
 
+def cluster() -> Call[dict[str, Any]]:
+    """This daemon's view of its cluster: node, leader, NATS connection, hosts (``{"enabled": false}`` when off)."""
+    return Call(m.CLUSTER, {}, _as_is)
+
+
 def _schedules(reply: dict[str, Any]) -> list[dict[str, Any]]:
     return list(reply["schedules"])
 

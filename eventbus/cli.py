@@ -14,7 +14,7 @@ import click
 from distributor.models import CollectorInfo, TaskInfo, TaskState
 from eventbus import cliformat
 from eventbus import report as report_format
-from eventbus.cli_scheduling import limit, schedule
+from eventbus.cli_scheduling import cluster, limit, schedule
 from eventbus.clictx import Ctx as _Ctx
 from eventbus.clictx import emit as _emit
 from eventbus.clictx import fail as _fail
@@ -399,6 +399,7 @@ def status(ctx: _Ctx) -> None:
         click.echo(f"{'durable':18} {'on' if data['durable'] else 'off'} (durability {mode})")
         if data.get("storage_available") is False:
             click.echo(f"{'storage':18} UNAVAILABLE: the state database cannot be written; submissions are refused")
+        click.echo(f"{'cluster':18} {cliformat.cluster_line(data.get('cluster') or {'enabled': False})}")
 
     _emit(ctx, data, human)
 
@@ -589,5 +590,6 @@ def bench(
         sys.exit(EXIT_TASK_FAILED)
 
 
+main.add_command(cluster)
 main.add_command(limit)
 main.add_command(schedule)

@@ -1,4 +1,4 @@
-"""eventbusctl commands about when and how fast work runs: ``limit`` (rate limits), ``schedule`` (periodic)."""
+"""eventbusctl commands beyond single tasks: ``limit`` (rate limits), ``schedule`` (periodic), ``cluster``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from distributor.errors import InvalidRequest
 from distributor.limits import parse_rate
 from distributor.schedules import ScheduleSpec, parse_every, zone
 from eventbus.clictx import Ctx, emit, run
-from eventbus.cliformat import iso, limit_table, schedule_table, schedule_text
+from eventbus.cliformat import cluster_text, iso, limit_table, schedule_table, schedule_text
 from eventbus.clitypes import FiniteFloatRange, check_constraints, payload_value
 
 _KIND = {False: "operation", True: "collector_type"}
@@ -206,3 +206,14 @@ def schedule_rm(ctx: Ctx, name: str) -> None:
     """Remove a schedule added with 'schedule add' (runs already submitted go on)."""
     run(ctx, lambda c: c.remove_schedule(name))
     emit(ctx, {"removed": name}, lambda: click.echo(f"schedule {name} removed"))
+
+
+@click.command()
+@click.pass_obj
+def cluster(ctx: Ctx) -> None:
+    """The cluster as this daemon sees it: its node, the leader, NATS, every host's collectors and load.
+
+    Example: eventbusctl cluster
+    """
+    view = run(ctx, lambda c: c.cluster())
+    emit(ctx, view, lambda: click.echo(cluster_text(view)))

@@ -590,6 +590,10 @@ class Client:
         """Remove a runtime limit; the limits left in force."""
         return await self._call(rq.remove_limit(kind, name))
 
+    async def cluster(self) -> dict[str, Any]:
+        """The daemon's view of its cluster: node, leader, NATS connection, and each host's record."""
+        return await self._call(rq.cluster())
+
     async def schedules(self) -> list[dict[str, Any]]:
         """Every periodic schedule: its definition, next due time and last runs."""
         return await self._call(rq.schedules())

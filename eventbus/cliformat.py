@@ -179,3 +179,37 @@ def schedule_text(view: dict[str, Any]) -> str:
             outcome = run["state"] or "unknown" if run["task_id"] else run["note"]
             lines.append(f"  {iso(run['due'])}  {run['task_id'] or '-'}  {outcome}")
     return "\n".join(lines)
+
+
+def cluster_line(view: dict[str, Any]) -> str:
+    """Whether clustering is on, and this daemon's state in it, on one line."""
+    if not view.get("enabled"):
+        return "off"
+    link = "connected" if view["connected"] else f"NOT connected ({view.get('last_error') or 'connecting'})"
+    role = "leader" if view.get("leader") == view["node"] else f"leader {view.get('leader') or 'unknown'}"
+    return f"{view['name']} ({view['mode']}), node {view['node']}, {link}, {role}"
+
+
+def cluster_text(view: dict[str, Any]) -> str:
+    """``cluster``: this daemon's state in the cluster, then every host's record."""
+    if not view.get("enabled"):
+        return "clustering is off (set cluster_nats_url to join daemons through NATS)"
+    lines = [cluster_line(view), f"servers {', '.join(view['servers'])}"]
+    head = ("NODE", "LEADER", "COLLECTORS", "SLOTS", "IN FLIGHT", "QUEUED", "OPERATIONS")
+    rows = [head]
+    for h in view["hosts"]:
+        ops = ",".join(h["operations"])
+        rows.append(
+            (
+                h["node"],
+                "yes" if h["node"] == view.get("leader") else "",
+                str(h["collectors"]),
+                str(h["slots"]),
+                str(h["tasks_in_flight"]),
+                str(h["tasks_queued"]),
+                ops if len(ops) <= 40 else ops[:37] + "...",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(lines)

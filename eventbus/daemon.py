@@ -20,6 +20,7 @@ from eventbus import report
 from eventbus._version import __version__
 from eventbus.broker import Broker
 from eventbus.clitypes import run_command
+from eventbus.cluster import Cluster
 from eventbus.errors import ConfigError, EventBusError
 from eventbus.exitcodes import EXIT_OK, EXIT_USAGE
 from eventbus.lifecycle import Signals, keep_manager_informed, on_reload, status_line, wind_down
@@ -86,7 +87,10 @@ class Daemon:
         # bound first, so a second daemon on the socket is told so; nothing is read before recovery is done
         broker.start(loop, service.on_message, service.peer_gone, service.undelivered_later)
         metrics: MetricsServer | None = None
+        cluster: Cluster | None = None
         try:
+            if settings.cluster_nats_url:
+                cluster = service.cluster = Cluster(settings, service)
             _recover(store, service, loop)
             if settings.metrics_listen is not None:
                 metrics = await serve_metrics(settings.metrics_listen, service)
@@ -99,6 +103,8 @@ class Daemon:
             loop.create_task(keep_manager_informed(self._notifier, service, self._watchdog_s)),
             loop.create_task(on_reload(signals, self._notifier, service, lambda: self._reload(service))),
         ]
+        if cluster is not None:
+            helpers.append(loop.create_task(cluster.run()))
         log.info("eventbusd %s ready on %s (strategy %s)", __version__, self.socket_path, settings.strategy)
         self._notifier.send("READY=1", f"STATUS={status_line(service)}")
         try:
@@ -116,6 +122,8 @@ class Daemon:
                     log.exception("a background task of the daemon failed")
             if metrics is not None:
                 await metrics.close()
+            if cluster is not None:
+                await cluster.close()
             await _persist(service, store)
             refused = service.refuse_waiters()
             broker.close()

@@ -60,6 +60,9 @@ from eventbus.waiters import BatchWait, Waiter, Waiters
 from eventbus.wire import Envelope, Kind, decode, decode_batch, encode, error_body, is_batch, peek_id, weigh
 
 if TYPE_CHECKING:
+    from eventbus.cluster import Cluster
+
+if TYPE_CHECKING:
     from eventbus.metrics import Exporter
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,10 @@ class Service:
         self.distributor = TaskDistributor(_distributor_config(settings), strategy=make_strategy(settings.strategy))
         self.fanout = Fanout(send, clock, settings.max_message_size)
         self.distributor.events = False  # built only while somebody subscribes
+        #: this daemon's part in a cluster (set by the daemon when clustering is on)
+        self.cluster: Cluster | None = None
+        if settings.cluster_nats_url:  # in a cluster only the leader runs schedules; none is known yet
+            self.distributor.set_schedules_active(False, clock())
         #: with a durable store, what a loop iteration changed is committed before anything it caused is sent
         self._journal = self.distributor.journal = self.store.durable
         #: frames caused by changes not committed yet: sent once the commit holding those changes is done
@@ -146,6 +153,7 @@ class Service:
             m.LIST: self._list,
             m.STRATEGY: self._strategy,
             m.STATUS: self._status,
+            m.CLUSTER: self._cluster,
             m.COLLECTORS: self._collectors,
             m.STATS: self._stats,
             m.REPORT: report.handler(self.distributor, self.started_at, self._clock),
@@ -603,7 +611,17 @@ class Service:
             "durability": self.store.durability,
             "storage_available": self.store.available,
             "socket": str(self.settings.socket),
+            "cluster": self._cluster_state(),
         }
+
+    def _cluster_state(self) -> dict[str, Any]:
+        if self.cluster is None:
+            return {"enabled": False}
+        view = self.cluster.view()
+        return {key: view[key] for key in ("enabled", "name", "node", "mode", "connected", "leader", "last_error")}
+
+    def _cluster(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any]:
+        return {"enabled": False} if self.cluster is None else self.cluster.view()
 
     def metrics(self) -> Exporter:
         """The daemon's Prometheus exporter, made on first use; :class:`MetricsUnavailable` without the extra."""

@@ -139,6 +139,38 @@ class DaemonSettings(_Settings):
         default=None,
         description="time zone of cron schedules that name none (unset: the host's, from TZ or /etc/localtime)",
     )
+    cluster_nats_url: str | None = Field(
+        default=None,
+        description="NATS servers (comma-separated, e.g. nats://10.0.0.5:4222) that daemons federate through; "
+        "unset: clustering off. Needs the cluster extra (pip install 'eventbus[cluster]')",
+    )
+    cluster_name: str = Field(
+        default="eventbus",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="prefixes the streams, subjects and buckets of the cluster, so clusters can share a NATS",
+    )
+    cluster_node: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="this daemon's name in the cluster, unique in it (unset: the host name)",
+    )
+    cluster_mode: Literal["overflow", "shared"] = Field(
+        default="overflow",
+        description="overflow: tasks no local collector can take go to other hosts; shared: every task does",
+    )
+    cluster_spill_after_ms: float = Field(
+        default=500.0, ge=0, description="overflow: how long a task waits for a local collector before it spills"
+    )
+    cluster_heartbeat_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often this daemon refreshes its record and the leader lease"
+    )
+    cluster_lease_ttl_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=600,
+        description="a leader silent this long loses the lease (at least 2 x cluster_heartbeat_s); another "
+        "daemon takes over its singleton duties (periodic schedules)",
+    )
     peer_queue_limit: int = Field(default=10_000, ge=1, description="messages buffered per slow peer before dropping")
     max_pending_bytes_per_peer: int = Field(
         default=8 << 20,
@@ -237,6 +269,7 @@ class DaemonSettings(_Settings):
 _AT_MOST: tuple[tuple[str, str, float], ...] = (
     # a collector must be able to miss one heartbeat without being declared dead
     ("heartbeat_interval_s", "heartbeat_timeout_s", 2.0),
+    ("cluster_heartbeat_s", "cluster_lease_ttl_s", 2.0),
     ("retry_backoff_base_ms", "retry_backoff_max_ms", 1.0),
     ("max_queued_per_operation", "max_queue_size", 1.0),
     # a history smaller than one result forgets every result at once

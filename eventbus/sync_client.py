@@ -351,6 +351,10 @@ class SyncClient:
         """Remove a runtime limit; the limits left in force."""
         return self._call(rq.remove_limit(kind, name))
 
+    def cluster(self) -> dict[str, Any]:
+        """The daemon's view of its cluster: node, leader, NATS connection, and each host's record."""
+        return self._call(rq.cluster())
+
     def schedules(self) -> list[dict[str, Any]]:
         """Every periodic schedule: its definition, next due time and last runs."""
         return self._call(rq.schedules())

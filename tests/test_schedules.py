@@ -258,3 +258,25 @@ def test_a_cron_schedule_across_clock_jumps_runs_each_due_time_once() -> None:
     dues = fired(dist, "c")
     assert dues == sorted(set(dues))
     assert [round(d - start) for d in dues] == [300, 600, 900, 2400, 2700, 3000]  # 1200-2100 caught up by 2400
+
+
+def test_an_inactive_node_runs_nothing_and_takes_over_from_the_due_times_shared_with_it() -> None:
+    follower = TaskDistributor()
+    follower.set_schedules_active(False, 0.0)
+    follower.put_schedule(every(), 0.0)
+    drive(follower, 45.0)
+    assert fired(follower) == [] and follower.schedule("beat")["next_due"] == 50.0
+    follower.schedule_handled("beat", 40.0)  # the leader ran 10 ... 40
+    follower.set_schedules_active(True, 47.0)
+    follower.tick(47.0)
+    assert fired(follower) == []  # 40 was the leader's; nothing is due again before 50
+    follower.tick(50.0)
+    assert fired(follower) == [50.0] and follower.schedule_last_dues() == {"beat": 50.0}
+    # taking over after the leader went quiet: the due times missed since its last one run once
+    late = TaskDistributor()
+    late.set_schedules_active(False, 0.0)
+    late.put_schedule(every(), 0.0)
+    late.schedule_handled("beat", 20.0)
+    late.set_schedules_active(True, 75.0)
+    late.tick(75.0)
+    assert fired(late) == [70.0]

@@ -155,6 +155,7 @@ _DOCUMENTED: dict[str, set[str]] = {
     "watch": {"topic", "body"},
     "batch": _TASK_KEYS | {"index"},
     "bench": {"tasks_per_s", "latency_ms", "daemon_cpu_us_per_task", "throughput_ratio", "p99_ratio", "env", "lost"},
+    "cluster": {"enabled"},
     "limit": {"kind", "name", "rate", "max_in_flight", "in_flight", "tokens", "source"},
     "schedule": {"name", "operation", "every", "cron", "timezone", "paused", "next_due", "runs", "source"},
 }

@@ -1,0 +1,136 @@
+"""Daemons federated through a private nats-server: membership, the leader lease, schedules run by the leader."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventbus.exitcodes import EXIT_OK
+from tests import nats
+from tests.e2e.conftest import Bus, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def nats_url(short_tmp: Path) -> Iterator[str]:
+    with nats.nats_server(short_tmp) as url:
+        yield url
+
+
+def node(short_tmp: Path, name: str, url: str, *extra: str) -> Bus:
+    """A daemon of the cluster on its own socket and state directory, named ``name``."""
+    bus = Bus(short_tmp / name)
+    bus.root.mkdir()
+    bus.env.update(
+        EVENTBUS_CLUSTER_NATS_URL=url,
+        EVENTBUS_CLUSTER_NODE=name,
+        EVENTBUS_CLUSTER_HEARTBEAT_S="0.5",
+        EVENTBUS_CLUSTER_LEASE_TTL_S="2",
+    )
+    bus.start_daemon(*extra)
+    return bus
+
+
+def view(bus: Bus) -> dict[str, Any]:
+    out = bus.ctl("--json", "cluster")
+    assert out.returncode == EXIT_OK, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+@pytest.fixture
+def two(short_tmp: Path, nats_url: str) -> Iterator[tuple[Bus, Bus]]:
+    a = node(short_tmp, "a", nats_url)
+    b = node(short_tmp, "b", nats_url)
+    try:
+        yield a, b
+    finally:
+        for bus in (a, b):
+            bus.close()
+
+
+def leader_of(a: Bus, b: Bus) -> str | None:
+    leaders = {str(view(bus)["leader"]) for bus in (a, b) if view(bus)["connected"]}
+    return leaders.pop() if len(leaders) == 1 else None
+
+
+def test_two_daemons_see_each_other_and_agree_on_one_leader(two: tuple[Bus, Bus]) -> None:
+    a, b = two
+    a.start_collector("ca")
+    wait_until(lambda: {h["node"] for h in view(a)["hosts"]} == {"a", "b"}, 10, "both hosts")
+    wait_until(lambda: leader_of(a, b) in ("a", "b"), 10, "one leader")
+    hosts = {h["node"]: h for h in view(b)["hosts"]}
+    assert hosts["a"]["operations"] and "echo" in hosts["a"]["operations"] and hosts["a"]["collectors"] == 1
+    assert sum(1 for bus in (a, b) if view(bus)["is_leader"]) == 1
+    status = a.ctl("status")
+    assert "cluster" in status.stdout and "node a, connected" in status.stdout
+    shown = a.ctl("cluster")
+    assert shown.returncode == EXIT_OK and "NODE" in shown.stdout and "ca" not in shown.stdout
+
+
+def test_when_the_leader_is_killed_the_other_takes_over_within_the_lease(two: tuple[Bus, Bus]) -> None:
+    a, b = two
+    wait_until(lambda: leader_of(a, b) in ("a", "b"), 10, "one leader")
+    first = leader_of(a, b)
+    dead, alive = (a, b) if first == "a" else (b, a)
+    assert dead.daemon is not None
+    dead.daemon.signal(signal.SIGKILL)
+    dead.daemon.wait(10)
+    killed = time.monotonic()
+    wait_until(lambda: view(alive)["is_leader"] is True, 10, "the takeover")
+    took = time.monotonic() - killed
+    print(f"takeover {took:.2f} s after kill -9 (lease TTL 2 s, heartbeat 0.5 s)")
+    assert took < 2 + 0.5 + 1.5, took  # lease TTL + a heartbeat, and the CLI's own time
+
+
+def test_a_schedule_both_daemons_define_runs_once_per_due_time_across_a_takeover(
+    short_tmp: Path, nats_url: str
+) -> None:
+    config = short_tmp / "eventbusd.toml"
+    config.write_text('[schedules.beat]\noperation = "echo"\nevery = "1s"\noverlap = "queue"\n')
+    a = node(short_tmp, "a", nats_url, "--config", str(config))
+    b = node(short_tmp, "b", nats_url, "--config", str(config))
+    try:
+        wait_until(lambda: leader_of(a, b) in ("a", "b"), 10, "one leader")
+        time.sleep(3)
+        first = leader_of(a, b)
+        dead, alive = (a, b) if first == "a" else (b, a)
+        assert dead.daemon is not None
+        dead.daemon.signal(signal.SIGKILL)
+        dead.daemon.wait(10)
+        wait_until(lambda: view(alive)["is_leader"] is True, 10, "the takeover")
+        time.sleep(3)
+        dead.start_daemon("--config", str(config))  # back, as a follower: its record shows what it ran
+        with alive.client() as c:
+            ran_alive = [r["due"] for r in c.schedule("beat")["runs"] if r["task_id"]]
+        with dead.client() as c:
+            ran_dead = [r["due"] for r in c.schedule("beat")["runs"] if r["task_id"]]
+        assert ran_alive and ran_dead
+        assert not set(ran_alive) & set(ran_dead), (ran_alive, ran_dead)  # no due time ran on both
+        dues = sorted(ran_alive + ran_dead)
+        assert dues == sorted(set(dues))
+    finally:
+        for bus in (a, b):
+            bus.close()
+
+
+def test_a_daemon_whose_nats_is_unreachable_serves_locally_and_says_so(short_tmp: Path) -> None:
+    bus = Bus(short_tmp)
+    bus.env.update(EVENTBUS_CLUSTER_NATS_URL=f"nats://127.0.0.1:{nats.free_port()}", EVENTBUS_CLUSTER_NODE="lone")
+    bus.start_daemon()
+    try:
+        bus.start_collector("c1")
+        done = bus.ctl("submit", "echo", "--payload", "1", "--wait")
+        assert done.returncode == EXIT_OK and done.stdout.strip() == "1"
+        shown = view(bus)
+        assert shown["connected"] is False and shown["leader"] is None
+        wait_until(lambda: view(bus)["last_error"] is not None, 10, "the connection error")
+        assert "NOT connected" in bus.ctl("status").stdout
+    finally:
+        bus.close()
