@@ -172,11 +172,12 @@ class Cluster:
         while True:
             now = time.monotonic()
             try:
+                # bounded: a leader cut off from NATS must get to the step-down check below in time
                 if now >= next_beat:
                     next_beat = now + beat
-                    await self._beat()
+                    await asyncio.wait_for(self._beat(), timeout=beat)
                 if self.is_leader:
-                    await self._share_dues()
+                    await asyncio.wait_for(self._share_dues(), timeout=beat)
                 if self.last_error is not None and self.connected:
                     log.info("cluster %s: node %s is in touch with NATS again", self.name, self.node)
                     self.last_error = None
@@ -242,6 +243,8 @@ class Cluster:
             try:
                 self._lease_rev = await self._lease.update(LEASE_KEY, me, last=self._lease_rev)
                 self._renewed_at = time.monotonic()
+                if not self.is_leader:  # (taken, but the take-over did not finish last time)
+                    await self._take_over()
                 return
             except KeyWrongLastSequenceError:
                 self._lease_rev = None
@@ -319,15 +322,18 @@ class Cluster:
             except Exception as exc:  # closing a connection that never worked
                 log.debug("closing the NATS connection: %s", exc)
 
+    async def _leave(self) -> None:
+        if self.is_leader and self._lease is not None:
+            await self._share_dues()
+            await self._lease.delete(LEASE_KEY)
+        if self._hosts is not None:
+            await self._hosts.delete(self.node)
+
     async def close(self) -> None:
         """Leave the cluster: give the lease up (another daemon takes it at once) and drop this record."""
         try:
             if self.connected:
-                if self.is_leader and self._lease is not None:
-                    await self._share_dues()
-                    await self._lease.delete(LEASE_KEY)
-                if self._hosts is not None:
-                    await self._hosts.delete(self.node)
+                await asyncio.wait_for(self._leave(), timeout=2.0)
         except Exception as exc:
             log.warning("cluster %s: node %s could not leave cleanly: %s", self.name, self.node, exc)
         self.is_leader = False

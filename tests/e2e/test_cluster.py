@@ -134,3 +134,20 @@ def test_a_daemon_whose_nats_is_unreachable_serves_locally_and_says_so(short_tmp
         assert "NOT connected" in bus.ctl("status").stdout
     finally:
         bus.close()
+
+
+def test_a_leader_cut_off_from_nats_steps_down_before_its_lease_can_expire(short_tmp: Path) -> None:
+    with nats.nats_server(short_tmp) as url:
+        a = node(short_tmp, "a", url)
+        wait_until(lambda: view(a)["is_leader"] is True, 10, "the lease")
+    cut = time.monotonic()  # the server is gone
+    try:
+        wait_until(lambda: view(a)["is_leader"] is False, 10, "the step-down")
+        # TTL 2 s from its last renewal (at most a heartbeat, 0.5 s, before the cut); it steps down at TTL - 0.5 s
+        assert time.monotonic() - cut < 2.0 + 0.5, time.monotonic() - cut
+        a.start_collector("c1")
+        done = a.ctl("submit", "echo", "--payload", "2", "--wait")
+        assert done.returncode == EXIT_OK and done.stdout.strip() == "2"
+        assert "NOT connected" in a.ctl("status").stdout
+    finally:
+        a.close()
