@@ -15,7 +15,7 @@ metrics.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -130,6 +130,7 @@ class ServiceCollector(Collector):
         for key, doc in GAUGES.items():
             yield GaugeMetricFamily(PREFIX + key, doc, value=snap.get(key, 0))
         yield from self._labelled_gauges(snap["queue_depths"])
+        yield from _limit_metrics(snap["limits"])
         yield from self._histograms()
 
     def _labelled_gauges(self, depths: dict[str, int]) -> Iterator[Metric]:
@@ -158,6 +159,28 @@ class ServiceCollector(Collector):
                 histogram: Histogram = getattr(timings, attribute)
                 family.add_metric([operation], _buckets(histogram), histogram.sum)
             yield family
+
+
+def _limit_metrics(limits: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Per rate limit (``kind`` operation or collector_type, ``name``): what it holds and what it held back."""
+    labels = ["kind", "name"]
+    in_flight = GaugeMetricFamily(PREFIX + "limit_in_flight", "Attempts in flight under a rate limit.", labels=labels)
+    tokens = GaugeMetricFamily(PREFIX + "limit_tokens", "Tokens in a rate limit's bucket.", labels=labels)
+    held = GaugeMetricFamily(
+        PREFIX + "limit_held", "1 while an operation's limit holds its tasks back with a collector free.", labels=labels
+    )
+    waited = CounterMetricFamily(
+        PREFIX + "limit_waited_seconds", "Seconds dispatched tasks waited on an operation's limit.", labels=labels
+    )
+    for view in limits[: MAX_KEYS - 1]:
+        key = [view["kind"], view["name"]]
+        in_flight.add_metric(key, view["in_flight"])
+        if view["tokens"] is not None:
+            tokens.add_metric(key, view["tokens"])
+        if "held" in view:
+            held.add_metric(key, 1 if view["held"] else 0)
+            waited.add_metric(key, view["waited_s"])
+    yield from (in_flight, tokens, held, waited)
 
 
 class Exporter:

@@ -296,3 +296,17 @@ def test_head_answers_the_headers_only() -> None:
 
     head, body = _serve_and(scenario).split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 14" in head and body == b""
+
+
+def test_the_scrape_holds_each_rate_limit(harness: Harness) -> None:
+    harness.request(m.LIMIT_SET, {"name": "echo", "rate": "1/m", "max_in_flight": 5})
+    harness.request(m.LIMIT_SET, {"kind": "collector_type", "name": "demo", "max_in_flight": 3})
+    harness.request(m.REGISTER, {**_cap("c1").model_dump(), "max_concurrent_tasks": 4}, identity=b"c1")
+    for _ in range(3):
+        harness.request(m.SUBMIT, {"operation": "echo"})  # one goes, the bucket is empty: two held, slots free
+    families = _families(harness.request(m.METRICS, {}).body["text"])
+    assert _value(families["eventbus_limit_in_flight"], kind="operation", name="echo") == 1
+    assert _value(families["eventbus_limit_in_flight"], kind="collector_type", name="demo") == 1
+    assert _value(families["eventbus_limit_tokens"], kind="operation", name="echo") < 1
+    assert _value(families["eventbus_limit_held"], kind="operation", name="echo") == 1
+    assert _value(families["eventbus_limit_waited_seconds"], "_total", kind="operation", name="echo") == 0
