@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec
 
-from distributor import recovery
+from distributor import gating, liveness, recovery
 from distributor.actions import Action
 from distributor.config import DistributorConfig
 from distributor.errors import InvalidState, UnknownSchedule
@@ -241,18 +241,18 @@ class TaskDistributor:
             record = m._collector_records.pop(capability.collector_id, None)
             if record is not None:  # known before the daemon restarted: its record carries on
                 state.tasks_completed, state.tasks_failed, state.total_execution_s = record
-            m._schedule_heartbeat_check(state)
+            liveness.schedule_check(m, state)
             m._collector_event("joined", state)
         else:
             self.registry.replace_capability(state, capability)
-            m._alive(state, now)
+            liveness.alive(m, state, now)
         m._dirty.update(capability.supported_operations)
 
     @_event
     def heartbeat(self, collector_id: str, now: float) -> None:
         """A collector is alive; :class:`UnknownCollector` tells it to register again."""
         m = self._m
-        m._alive(self.registry.get(collector_id), now)
+        liveness.alive(m, self.registry.get(collector_id), now)
 
     @_event
     def deregister(self, collector_id: str, now: float) -> None:
@@ -317,7 +317,7 @@ class TaskDistributor:
         m = self._m
         state = self.registry.find(collector_id)
         if state is not None and state.status is not CollectorStatus.UNHEALTHY:
-            m._mark_unhealthy(state)
+            liveness.mark_unhealthy(m, state)
 
     @_event
     def accepted(self, collector_id: str, task_id: str, attempt: int, now: float) -> None:
@@ -442,16 +442,16 @@ class TaskDistributor:
         m = self._m
         while (timer := m._timers.pop_due(now)) is not None:
             if timer.kind is TimerKind.LIMIT:
-                m.limit_opened(timer.key, timer.serial)
+                gating.opened(m, timer.key, timer.serial)
                 continue
             if timer.kind is TimerKind.SCHEDULE:
                 self._scheduler.fire(timer.key, timer.token, now)
                 continue
             if timer.kind is TimerKind.HEARTBEAT_CHECK:
-                m._check_heartbeat(timer.key, timer.serial, timer.token)
+                liveness.check(m, timer.key, timer.serial, timer.token)
                 continue
             if timer.kind is TimerKind.FORGET_COLLECTOR:
-                m._forget(timer.key, timer.serial)
+                liveness.forget(m, timer.key, timer.serial)
                 continue
             task = m._tasks.get(timer.key)
             if task is None or task.serial != timer.serial or task.state.terminal:

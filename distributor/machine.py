@@ -8,25 +8,24 @@ of :mod:`distributor.transitions`. Nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from distributor import gating
 from distributor.actions import Action, Cancel, Dispatch, Finished
 from distributor.config import DistributorConfig
 from distributor.constraints import parse_constraints
 from distributor.errors import DuplicateTask, InvalidRequest, QueueFull, UnknownTask
 from distributor.events import collector_event, task_event
 from distributor.history import FinishedHistory
-from distributor.limits import Gate, Limits
+from distributor.limits import Limits
 from distributor.listing import TaskListing
 from distributor.models import (
     INVALID_RESULT,
     PRIORITY_MAX,
-    CollectorStatus,
     ErrorInfo,
     TaskRequest,
     TaskResult,
@@ -50,10 +49,6 @@ _KEPT_PER_ITEM = 256
 
 def _anyone(state: CollectorState) -> bool:
     return True
-
-
-#: the serial of a limit's timer: whose limit it is
-_OPERATION_GATE, _TYPE_GATE = 0, 1
 
 
 def new_task_id() -> str:
@@ -169,7 +164,7 @@ class TaskMachine:
                         limits.unhold(op, self._now)
                     continue
                 if has_room(op):
-                    if not limits.active or not self._held_by_limit(op):
+                    if not limits.active or not gating.held_by_limit(self, op):
                         ready.append(op)
                 else:
                     self._pump_one(op)  # dispatches nothing
@@ -254,7 +249,7 @@ class TaskMachine:
                 self._dispatch(task, state)
                 return True
             if closed:
-                held = self._held_by_type(operation, task, pool, closed) or held
+                held = gating.held_by_type(self, operation, task, pool, closed) or held
         if held:
             self.limits.hold(operation, self._now)
         return False  # no queued shape fits a collector with room right now
@@ -280,52 +275,6 @@ class TaskMachine:
             if state is not None:
                 return state
         return select(request, pool, _anyone)
-
-    # ---- limits --------------------------------------------------------
-
-    def _held_by_limit(self, operation: str) -> bool:
-        """Whether the operation's own limit holds it back now (then its hold clock runs, and a timer is armed)."""
-        limits, now = self.limits, self._now
-        gate = limits.operations.get(operation)
-        opens = None if gate is None else gate.opens_at(now)
-        if gate is None or opens is None:
-            limits.unhold(operation, now)  # (a collector type's limit may hold it again: see _pump_one)
-            return False
-        limits.hold(operation, now)
-        self._arm(gate, opens, operation, _OPERATION_GATE)
-        return True
-
-    def _held_by_type(self, operation: str, task: TaskRecord, pool: Pool, closed: Mapping[str, float]) -> bool:
-        """Whether only collector types' limits keep ``task`` off the collectors of ``pool`` with room.
-
-        Then the operation is looked at again when any closed type opens (its timer, or an attempt ending).
-        """
-        if self._choose(task, pool) is None:
-            return False
-        for name, opens in closed.items():
-            gate = self.limits.types[name]
-            gate.waiting.add(operation)
-            self._arm(gate, opens, name, _TYPE_GATE)
-        return True
-
-    def _arm(self, gate: Gate, opens: float, key: str, kind: int) -> None:
-        """A timer for when ``gate`` opens, unless one still to fire does by then (inf: it opens at a release).
-
-        (A timer due at or before now has fired: timers fire before the flush that arms them.)
-        """
-        if opens != math.inf and not self._now < gate.armed_for <= opens:
-            gate.armed_for = opens
-            self._timers.add(opens, TimerKind.LIMIT, key, kind)
-
-    def limit_opened(self, key: str, kind: int) -> None:
-        """A limit's timer fired: look again at what it held back."""
-        if kind == _OPERATION_GATE:
-            self._dirty.add(key)
-        else:
-            gate = self.limits.types.get(key)
-            if gate is not None:
-                self._dirty.update(gate.waiting)
-                gate.waiting = set()
 
     def _dispatch(self, task: TaskRecord, state: CollectorState) -> None:
         now = self._now
@@ -611,60 +560,6 @@ class TaskMachine:
         """A collector's record (tasks completed and failed, execution time) changed."""
         if self.journal:
             self._changed_collectors[state.collector_id] = state
-
-    def _schedule_heartbeat_check(self, state: CollectorState) -> None:
-        """(Re)arm the collector's single heartbeat check; older checks become stale."""
-        state.check_token += 1
-        due = state.last_heartbeat + self.config.heartbeat_timeout_s
-        self._timers.add(due, TimerKind.HEARTBEAT_CHECK, state.collector_id, state.order, state.check_token)
-
-    def _check_heartbeat(self, collector_id: str, order: int, token: int) -> None:
-        state = self.registry.find(collector_id)
-        if (
-            state is None
-            or state.order != order
-            or state.check_token != token
-            or state.status is CollectorStatus.UNHEALTHY
-        ):
-            return
-        if state.last_heartbeat + self.config.heartbeat_timeout_s > self._now:
-            self._schedule_heartbeat_check(state)
-            return
-        self._mark_unhealthy(state)
-
-    def _mark_unhealthy(self, state: CollectorState) -> None:
-        state.status = CollectorStatus.UNHEALTHY
-        state.unhealthy_since = self._now
-        state.orphans.extend(state.attempts.items())
-        self._take_back(state)
-        self.registry.refresh(state)
-        forget_at = self._now + self.config.forget_unhealthy_after_s
-        self._timers.add(forget_at, TimerKind.FORGET_COLLECTOR, state.collector_id, state.order)
-        self._collector_event("unhealthy", state)
-
-    def _forget(self, collector_id: str, order: int) -> None:
-        state = self.registry.find(collector_id)
-        if state is None or state.order != order or state.status is not CollectorStatus.UNHEALTHY:
-            return
-        since = state.unhealthy_since or self._now
-        if since + self.config.forget_unhealthy_after_s > self._now:
-            return  # it came back and died again since: a newer timer covers it
-        self.registry.remove(collector_id)
-        self._collector_event("left", state)
-
-    def _alive(self, state: CollectorState, now: float) -> None:
-        state.last_heartbeat = now
-        if state.status is not CollectorStatus.UNHEALTHY:
-            return
-        state.status = CollectorStatus.DRAINING if state.drained else CollectorStatus.AVAILABLE
-        state.unhealthy_since = None
-        for task_id, attempt in state.orphans:
-            self._actions.append(Cancel(state.collector_id, task_id, attempt, "reassigned"))
-        state.orphans.clear()
-        self.registry.refresh(state)
-        self._schedule_heartbeat_check(state)
-        self._dirty.update(state.capability.supported_operations)
-        self._collector_event("joined", state)
 
     def _take_back(self, state: CollectorState) -> None:
         """Requeue every attempt in flight on a collector that left or died (no retry used)."""
