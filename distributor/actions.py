@@ -44,4 +44,13 @@ class Finished:
     task_id: str
 
 
-Action = Dispatch | Cancel | Publish | Finished
+@dataclass(slots=True, frozen=True)
+class Spill:
+    """Hand attempt ``attempt`` of ``task`` to the cluster: another host's collector runs it."""
+
+    task: TaskRequest
+    attempt: int
+    deadline: float | None
+
+
+Action = Dispatch | Cancel | Publish | Finished | Spill

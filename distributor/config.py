@@ -33,6 +33,11 @@ class DistributorConfig:
     aging_interval_s: float | None = None
     #: the most levels aging adds to a task's own priority (9: any task can reach the highest)
     aging_max_boost: int = PRIORITY_MAX - PRIORITY_MIN
+    #: a queued task no local collector took this long goes to another host that offers its operation
+    #: (None: never; a daemon in a cluster sets it from cluster_spill_after_ms)
+    spill_after_s: float | None = None
+    #: a spilled attempt's timeout is its timeout_ms plus this (the time to reach the other host and back)
+    spill_grace_s: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: object) -> DistributorConfig:

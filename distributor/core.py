@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec
 
-from distributor import gating, liveness, recovery
+from distributor import gating, liveness, recovery, spill
 from distributor.actions import Action
 from distributor.config import DistributorConfig
 from distributor.errors import InvalidState, UnknownSchedule
@@ -39,10 +39,27 @@ from distributor.schedules import Schedule, Scheduler, ScheduleSpec
 from distributor.stats import Stats
 from distributor.strategies import RoutingStrategy
 from distributor.tasks import TaskRecord
-from distributor.timers import TimerKind
+from distributor.timers import Timer, TimerKind
 from distributor.timings import Timings
 
 __all__ = ["DistributorConfig", "TaskDistributor"]
+
+
+def _task_timer(m: TaskMachine, timer: Timer, task: TaskRecord) -> None:
+    """A timer of a task that is not final: its deadline, its due time, its spill, its attempt's timeout, its retry."""
+    if timer.kind is TimerKind.DEADLINE:
+        m._expire(task)
+    elif timer.kind is TimerKind.DUE:
+        if task.state is TaskState.SCHEDULED:
+            m._enqueue(task)
+    elif timer.kind is TimerKind.SPILL:
+        spill.due(m, task)
+    elif timer.token == task.attempt:
+        if timer.kind is TimerKind.ATTEMPT_TIMEOUT and task.in_flight:
+            m._time_out(task)
+        elif timer.kind is TimerKind.RETRY and task.state is TaskState.RETRYING:
+            m._enqueue(task)
+
 
 _P = ParamSpec("_P")
 
@@ -201,6 +218,7 @@ class TaskDistributor:
             tasks_scheduled=m.counts[TaskState.SCHEDULED],
             unfinished_bytes=m.open_bytes,
             tasks_in_flight=m._in_flight,
+            tasks_remote=m.remote_in_flight,
             active_collectors=sum(1 for c in collectors if c.status is CollectorStatus.AVAILABLE),
             collectors=len(collectors),
             queue_depths=self.queue.depths(),
@@ -454,18 +472,8 @@ class TaskDistributor:
                 liveness.forget(m, timer.key, timer.serial)
                 continue
             task = m._tasks.get(timer.key)
-            if task is None or task.serial != timer.serial or task.state.terminal:
-                continue
-            if timer.kind is TimerKind.DEADLINE:
-                m._expire(task)
-            elif timer.kind is TimerKind.DUE:
-                if task.state is TaskState.SCHEDULED:
-                    m._enqueue(task)
-            elif timer.token == task.attempt:
-                if timer.kind is TimerKind.ATTEMPT_TIMEOUT and task.in_flight:
-                    m._time_out(task)
-                elif timer.kind is TimerKind.RETRY and task.state is TaskState.RETRYING:
-                    m._enqueue(task)
+            if task is not None and task.serial == timer.serial and not task.state.terminal:
+                _task_timer(m, timer, task)
 
     @_event
     def reconfigure(self, config: DistributorConfig, now: float) -> None:
@@ -505,6 +513,23 @@ class TaskDistributor:
     def limits(self, now: float) -> list[dict[str, Any]]:
         """Every limit in force: its rate and cap, attempts under it, its bucket, and (operations) what it held."""
         return self._m.limits.view(now)
+
+    # ---- other hosts ---------------------------------------------------
+
+    @_event
+    def set_remote_offers(self, operations: frozenset[str], now: float) -> None:
+        """The operations other hosts' collectors offer: a task of one of them may be spilled to them."""
+        self._m.remote = operations
+
+    @_event
+    def remote_result(self, result: TaskResult, node: str, now: float, *, size: int = 0) -> None:
+        """The result of a spilled attempt, run on ``node``; a result of an older attempt is stale."""
+        spill.result(self._m, result, node, size)
+
+    @_event
+    def remote_unsent(self, task_id: str, attempt: int, now: float) -> None:
+        """A spilled attempt could not be handed to the cluster: the task is queued here again, no retry used."""
+        spill.unsent(self._m, task_id, attempt)
 
     # ---- schedules -----------------------------------------------------
 

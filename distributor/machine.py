@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from distributor import gating
+from distributor import gating, spill
 from distributor.actions import Action, Cancel, Dispatch, Finished
 from distributor.config import DistributorConfig
 from distributor.constraints import parse_constraints
@@ -91,6 +91,9 @@ class TaskMachine:
         self.open_bytes = 0
         self._open_bytes_by_operation: Counter[str] = Counter()
         self._in_flight = 0
+        #: attempts running on other hosts, and the operations other hosts offer (see distributor.spill)
+        self.remote_in_flight = 0
+        self.remote: frozenset[str] = frozenset()
         self._dispatches = 0
         self._serial = 0
         #: publish task and collector events; a host with no subscriber turns this off
@@ -418,6 +421,8 @@ class TaskMachine:
         self._to(task, TaskState.QUEUED, born=born)
         task.collector_id = None
         task.queued_at = self._now if since is None else since
+        if self.config.spill_after_s is not None:
+            spill.arm(self, task)
         if self.limits.clocks:
             task.limit_mark = self.limits.mark(task.request.operation, self._now)
         # with admit=False (retry, redelivery, released dependant) a task is
@@ -437,7 +442,9 @@ class TaskMachine:
 
     def _stop(self, task: TaskRecord, reason: str) -> None:
         """Take a non-final task out of the queue, off its collector, or out of pending."""
-        if task.in_flight and task.collector_id is not None:
+        if task.in_flight and task.collector_id == spill.REMOTE:
+            spill.ended(self, task)  # (its host runs it to the end; the result will be stale)
+        elif task.in_flight and task.collector_id is not None:
             self._actions.append(Cancel(task.collector_id, task.task_id, task.attempt, reason))
             state = self.registry.find(task.collector_id)
             if state is not None:

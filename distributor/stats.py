@@ -45,6 +45,7 @@ class Stats:
     finals: Counter[TaskState] = field(default_factory=Counter)
     tasks_retried: int = 0
     tasks_redelivered: int = 0
+    tasks_spilled: int = 0
     #: unfinished tasks taken back from a store at startup
     tasks_recovered: int = 0
     attempts_timed_out: int = 0
@@ -70,6 +71,7 @@ class Stats:
             **final_counts(self.finals, "tasks_"),
             "tasks_retried": self.tasks_retried,
             "tasks_redelivered": self.tasks_redelivered,
+            "tasks_spilled": self.tasks_spilled,
             "tasks_recovered": self.tasks_recovered,
             "attempts_timed_out": self.attempts_timed_out,
             "stale_messages": self.stale_messages,

@@ -21,6 +21,8 @@ class TimerKind(enum.IntEnum):
     LIMIT = 7
     #: a periodic schedule is due
     SCHEDULE = 8
+    #: a queued task may go to another host (a cluster's overflow mode)
+    SPILL = 9
 
 
 class Timer(NamedTuple):

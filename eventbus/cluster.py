@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from distributor.actions import Spill
 from eventbus._version import __version__
+from eventbus.cluster_tasks import TaskExchange
 from eventbus.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ class Cluster:
     def __init__(self, settings: DaemonSettings, service: Service, clock: Callable[[], float] = time.time) -> None:
         if not settings.cluster_nats_url:
             raise ConfigError("clustering needs cluster_nats_url")
+        if settings.cluster_mode == "shared":
+            raise ConfigError("cluster_mode shared is not available yet (docs/CLUSTER.md); use overflow")
         try:
             import nats  # noqa: F401
         except ImportError as exc:
@@ -92,6 +96,8 @@ class Cluster:
         self._renewed_at = -math.inf  # (monotonic) when the lease was last renewed
         self._shared: dict[str, float] = {}
         self._started_at = clock()
+        self._exchange: TaskExchange | None = None
+        self._remote: frozenset[str] = frozenset()
 
     @property
     def connected(self) -> bool:
@@ -155,6 +161,17 @@ class Cluster:
         self._hosts = await self._bucket(js, "hosts", 3 * beat)
         self._lease = await self._bucket(js, "leader", ttl)
         self._dues = await self._bucket(js, "schedules", None)
+        exchange = TaskExchange(
+            self._nc,
+            js,
+            self._service,
+            name=self.name,
+            node=self.node,
+            ack_wait_s=self._settings.cluster_ack_wait_s,
+            clock=self._clock,
+        )
+        await exchange.start()
+        self._exchange = exchange
 
     async def _bucket(self, js: JetStreamContext, suffix: str, ttl: float | None) -> KeyValue:
         from nats.js.api import KeyValueConfig
@@ -194,6 +211,13 @@ class Cluster:
         await self._hold_lease()
         await self._hosts.put(self.node, msgpack.packb(self._record()))
         self.hosts = await self._read_hosts()
+        distributor = self._service.distributor
+        remote = frozenset(op for h in self.hosts if h["node"] != self.node for op in h["operations"])
+        if remote != self._remote:
+            self._remote = remote
+            self._service.perform(distributor.set_remote_offers(remote, self._clock()))
+        if self._exchange is not None:
+            self._exchange.sync({op for c in distributor.registry for op in c.capability.supported_operations})
 
     def _record(self) -> dict[str, Any]:
         """This daemon's record in ``<name>_hosts``."""
@@ -314,7 +338,23 @@ class Cluster:
             log.warning("cluster %s: node %s: %s", self.name, self.node, message)
         self.last_error = message
 
+    def spill(self, action: Spill) -> None:
+        """Hand a spilled attempt to the cluster; without a connection it goes back to the local queue."""
+        if self._exchange is not None and self.connected:
+            self._exchange.spill(action)
+            return
+        task_id = action.task.task_id or ""
+        self._service.perform(self._service.distributor.remote_unsent(task_id, action.attempt, self._clock()))
+
+    def finished(self, task_id: str) -> None:
+        """A task is final here (its result may belong to another daemon)."""
+        if self._exchange is not None:
+            self._exchange.finished(task_id)
+
     async def _disconnect(self) -> None:
+        if self._exchange is not None:
+            self._exchange.stop()
+            self._exchange = None
         nc, self._nc = self._nc, None
         if nc is not None:
             try:

@@ -30,6 +30,7 @@ from distributor import (
     TaskState,
     make_strategy,
 )
+from distributor.actions import Spill
 from distributor.models import TaskInfo
 from distributor.strategies import STRATEGIES
 from distributor.tasks import idempotency_scope
@@ -352,6 +353,15 @@ class Service:
                 )
             elif isinstance(action, Finished):
                 self._waiters.finished(action.task_id)
+                if self.cluster is not None:
+                    self.cluster.finished(action.task_id)
+            elif isinstance(action, Spill):
+                if self.cluster is not None:
+                    self.cluster.spill(action)
+                else:  # (spilling is on only in a cluster)
+                    work.extend(
+                        self.distributor.remote_unsent(action.task.task_id or "", action.attempt, self._clock())
+                    )
         if self._journal:
             self._schedule_flush()
 

@@ -161,6 +161,13 @@ class DaemonSettings(_Settings):
     cluster_spill_after_ms: float = Field(
         default=500.0, ge=0, description="overflow: how long a task waits for a local collector before it spills"
     )
+    cluster_ack_wait_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="a task another daemon took from the cluster is given to a third one this long after the "
+        "taker stops reporting progress (it died)",
+    )
     cluster_heartbeat_s: float = Field(
         default=1.0, gt=0, le=60, description="how often this daemon refreshes its record and the leader lease"
     )
@@ -238,6 +245,16 @@ class DaemonSettings(_Settings):
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r} (known: {', '.join(sorted(STRATEGIES))})")
         return value
+
+    @property
+    def spill_after_s(self) -> float | None:
+        """The distributor's ``spill_after_s``: cluster_spill_after_ms in seconds, None without a cluster."""
+        return self.cluster_spill_after_ms / 1000.0 if self.cluster_nats_url else None
+
+    @property
+    def spill_grace_s(self) -> float:
+        """The distributor's ``spill_grace_s``: a spilled attempt may wait two ack waits for another daemon."""
+        return 2 * self.cluster_ack_wait_s
 
     @field_validator("timezone")
     @classmethod

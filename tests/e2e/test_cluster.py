@@ -151,3 +151,70 @@ def test_a_leader_cut_off_from_nats_steps_down_before_its_lease_can_expire(short
         assert "NOT connected" in a.ctl("status").stdout
     finally:
         a.close()
+
+
+def in_flight(bus: Bus) -> int:
+    with bus.client() as client:
+        return int(client.stats()["tasks_in_flight"])
+
+
+def offers(bus: Bus, node_name: str, operation: str) -> bool:
+    return any(h["node"] == node_name and operation in h["operations"] for h in view(bus)["hosts"])
+
+
+def test_a_task_only_another_host_can_run_runs_there_and_its_result_comes_back(two: tuple[Bus, Bus]) -> None:
+    a, b = two
+    b.start_collector("cb")
+    wait_until(lambda: offers(a, "b", "echo"), 10, "host b's record")
+    time.sleep(1.0)  # a reads the records every heartbeat
+    out = a.ctl("--json", "submit", "echo", "--payload", '{"n": 7}', "--wait", "--wait-timeout", "30")
+    assert out.returncode == EXIT_OK, out.stderr
+    info = json.loads(out.stdout)
+    assert info["result"]["value"] == {"n": 7} and info["collector_id"] == "cb@b" and info["attempt"] == 1
+    with a.client() as c:
+        stats = c.stats()
+    assert stats["tasks_spilled"] == 1 and stats["tasks_remote"] == 0
+
+
+def test_spilled_tasks_of_a_killed_daemon_finish_on_a_third_one_once_each(short_tmp: Path, nats_url: str) -> None:
+    extra = {"EVENTBUS_CLUSTER_ACK_WAIT_S": "2"}
+    buses = []
+    try:
+        for name in ("a", "b", "c"):
+            bus = Bus(short_tmp / name)
+            bus.root.mkdir()
+            bus.env.update(
+                EVENTBUS_CLUSTER_NATS_URL=nats_url,
+                EVENTBUS_CLUSTER_NODE=name,
+                EVENTBUS_CLUSTER_HEARTBEAT_S="0.5",
+                EVENTBUS_CLUSTER_LEASE_TTL_S="2",
+                **extra,
+            )
+            bus.start_daemon()
+            buses.append(bus)
+        a, b, c = buses
+        b.start_collector("cb", "demo", "--concurrency", "8")
+        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+        time.sleep(1.0)
+        with a.client() as client:
+            ids = [client.submit("sleep", {"seconds": 3}) for _ in range(6)]
+            wait_until(lambda: all(client.get(t).state == "dispatched" for t in ids), 15, "the tasks to spill")
+        wait_until(lambda: in_flight(b) == 6, 15, "b to run them")
+        c.start_collector("cc", "demo", "--concurrency", "8")
+        assert b.daemon is not None
+        b.daemon.signal(signal.SIGKILL)
+        b.daemon.wait(10)
+        killed = time.monotonic()
+        with a.client() as client:
+            infos = [client.wait(t, timeout=40) for t in ids]
+            stale = int(client.stats()["stale_messages"])
+        took = time.monotonic() - killed
+        print(f"6 spilled tasks of a killed daemon done {took:.1f} s after the kill (ack wait 2 s, tasks of 3 s)")
+        assert [i.state for i in infos] == ["succeeded"] * 6
+        assert {i.collector_id for i in infos} == {"cc@c"} and all(i.attempt == 1 for i in infos)
+        with c.client() as client:
+            ran_on_c = [t for t in client.tasks() if t.operation == "sleep"]
+        assert len(ran_on_c) == 6 and stale == 0  # each ran once more, and one result came back for each
+    finally:
+        for bus in reversed(buses):
+            bus.close()

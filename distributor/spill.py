@@ -1,0 +1,96 @@
+"""Handing tasks to other hosts (a cluster's ``overflow`` mode): functions of the machine.
+
+A queued task that no local collector took within ``spill_after_s`` is
+*spilled* when another host offers its operation (:attr:`TaskMachine.remote`):
+it leaves the queue as an attempt on the :data:`REMOTE` target, with the next
+attempt number, and a :class:`~distributor.actions.Spill` action asks the host
+to publish it. The attempt ends like any other: by the result another host
+sends back (:func:`result`), by its timeout (``timeout_ms`` plus
+``spill_grace_s``: then it is retried as usual), by cancel or deadline, or by the
+host failing to publish it (:func:`unsent`: queued again, no retry used). A
+result of an older attempt is stale, so a task run twice after a host died
+still has one final result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from distributor.actions import Spill
+from distributor.models import ErrorInfo, TaskResult, TaskState
+from distributor.timers import TimerKind
+
+if TYPE_CHECKING:
+    from distributor.machine import TaskMachine
+    from distributor.tasks import TaskRecord
+
+#: the collector id of an attempt that runs on another host (never a real collector id: not a segment)
+REMOTE = "@cluster"
+
+
+def arm(m: TaskMachine, task: TaskRecord) -> None:
+    """A task was queued: look at it again after ``spill_after_s`` (only when spilling is on)."""
+    after = m.config.spill_after_s
+    if after is not None and task.queued_at is not None:
+        m._timers.add(task.queued_at + after, TimerKind.SPILL, task.task_id, task.serial, task.attempt)
+
+
+def due(m: TaskMachine, task: TaskRecord) -> None:
+    """A task's spill timer: spill it if it is still queued since then and another host offers its operation."""
+    after = m.config.spill_after_s
+    if after is None or task.state is not TaskState.QUEUED or task.queued_at is None:
+        return
+    if m._now < task.queued_at + after - 1e-9:
+        return  # queued again since: a later timer covers it
+    if task.request.operation not in m.remote:
+        m._timers.add(m._now + after, TimerKind.SPILL, task.task_id, task.serial, task.attempt)
+        return  # nobody else offers it (yet): look again later
+    m.queue.remove(task.task_id)
+    now, request = m._now, task.request
+    task.attempt += 1
+    m._to(task, TaskState.DISPATCHED)
+    task.collector_id = REMOTE
+    task.dispatched_at = now
+    m.remote_in_flight += 1
+    m.stats.tasks_spilled += 1
+    timeout_at = now + request.timeout_ms / 1000.0 + m.config.spill_grace_s
+    m._timers.add(timeout_at, TimerKind.ATTEMPT_TIMEOUT, task.task_id, task.serial, task.attempt)
+    m._actions.append(Spill(request, task.attempt, request.deadline))
+    m._task_event(task)
+
+
+def ended(m: TaskMachine, task: TaskRecord) -> None:
+    """A remote attempt is over (result, timeout, cancel, deadline)."""
+    if task.collector_id == REMOTE:
+        m.remote_in_flight -= 1
+
+
+def result(m: TaskMachine, outcome: TaskResult, node: str, size: int) -> bool:
+    """The result of a remote attempt, run by ``node``; False if it is stale (an older attempt, or a final task)."""
+    task = m._live(outcome.task_id, outcome.attempt, REMOTE)
+    if task is None:
+        m.stats.stale_messages += 1
+        return False
+    if task.state is TaskState.DISPATCHED:
+        m._to(task, TaskState.RUNNING)
+    ended(m, task)
+    operation = task.request.operation
+    m.timings.ran(operation, m._now - (task.dispatched_at or m._now))
+    task.result_size = size
+    task.collector_id = f"{outcome.collector_id}@{node}"
+    if outcome.success:
+        task.result, task.error = outcome, None
+        m._finish(task, TaskState.SUCCEEDED)
+    else:
+        m._attempt_failed(task, outcome.error or ErrorInfo(type="Error", message="attempt failed"), outcome)
+    return True
+
+
+def unsent(m: TaskMachine, task_id: str, attempt: int) -> None:
+    """The host could not hand a spilled attempt to the cluster: the task is queued here again, no retry used."""
+    task = m._live(task_id, attempt, REMOTE)
+    if task is None:
+        return
+    ended(m, task)
+    m.stats.tasks_redelivered += 1
+    m._enqueue(task, front=True)

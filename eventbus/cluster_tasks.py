@@ -1,0 +1,281 @@
+"""Tasks across hosts (a cluster's ``overflow`` mode): spilled tasks out, other hosts' tasks in, results back.
+
+- Out: the distributor spills a task that no local collector took within
+  ``cluster_spill_after_ms`` to the cluster (:class:`~distributor.actions.Spill`):
+  it is published to the work-queue stream ``<name>_tasks`` on
+  ``<name>.task.<operation>.<priority>``, with ``Nats-Msg-Id`` =
+  ``<task id>:<attempt>`` (a repeated publish is dropped), and counts as
+  handed over once JetStream acknowledged it. A publish that fails puts the
+  task back in the local queue.
+- In: for each operation its collectors offer, a daemon pulls from the durable
+  consumer ``<name>_<operation>`` (one per operation, shared by every daemon)
+  as many tasks as its collectors have free slots. Each runs here as a local
+  task. While it runs the daemon tells JetStream it is in progress every third
+  of ``cluster_ack_wait_s``; if the daemon dies, another one gets the message
+  once that time has passed.
+- Back: when such a task is final, its result goes to the daemon that spilled
+  it, on ``<name>.result.<node>``, and the message is acknowledged. That daemon
+  takes a result only for the attempt it spilled, so a task run twice after a
+  host died still ends once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from pydantic import ValidationError
+
+from distributor.actions import Spill
+from distributor.models import CollectorStatus, ErrorInfo, TaskRequest, TaskResult, TaskState
+from eventbus.errors import EventBusError
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as Nats
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+    from eventbus.service import Service
+
+log = logging.getLogger(__name__)
+
+#: tasks pulled at most per fetch
+MAX_FETCH = 16
+#: how long an empty fetch waits (it always costs its whole timeout)
+FETCH_WAIT_S = 0.5
+
+
+@dataclass(slots=True)
+class Foreign:
+    """A task another daemon spilled, running here as ``local_id``."""
+
+    msg: Msg
+    origin: str
+    task_id: str
+    attempt: int
+
+
+class TaskExchange:
+    """This daemon's side of the cluster's work queue."""
+
+    def __init__(
+        self,
+        nc: Nats,
+        js: JetStreamContext,
+        service: Service,
+        *,
+        name: str,
+        node: str,
+        ack_wait_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._nc, self._js, self._service = nc, js, service
+        self.name, self.node = name, node
+        self._ack_wait = ack_wait_s
+        self._clock = clock
+        self.stream = f"{name}_tasks"
+        self._pullers: dict[str, asyncio.Task[None]] = {}
+        self._foreign: dict[str, Foreign] = {}
+        self._busy: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Make sure the stream exists, and listen for the results of the tasks spilled from here."""
+        from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+        try:
+            await self._js.stream_info(self.stream)
+        except Exception:  # (not found: made here; another daemon may make it at the same time, alike)
+            await self._js.add_stream(
+                StreamConfig(
+                    name=self.stream,
+                    subjects=[f"{self.name}.task.>"],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                )
+            )
+        await self._nc.subscribe(f"{self.name}.result.{self.node}", cb=self._on_result)
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress())
+
+    def stop(self) -> None:
+        for task in [*self._pullers.values(), *self._busy, *([self._keeper] if self._keeper else [])]:
+            task.cancel()
+        self._pullers.clear()
+
+    # ---- out -----------------------------------------------------------
+
+    def spill(self, action: Spill) -> None:
+        """Publish a spilled attempt (in the background; a failure puts the task back in the local queue)."""
+        self._background(self._publish(action))
+
+    async def _publish(self, action: Spill) -> None:
+        request = action.task
+        task_id = request.task_id or ""
+        body = {"task": request.model_dump(), "attempt": action.attempt, "origin": self.node}
+        subject = f"{self.name}.task.{request.operation}.{request.priority}"
+        try:
+            await self._js.publish(
+                subject, msgpack.packb(body), timeout=5, headers={"Nats-Msg-Id": f"{task_id}:{action.attempt}"}
+            )
+        except Exception as exc:  # NATS away, or the stream refused it
+            log.warning("cluster %s: task %s could not be handed over (%s); it stays here", self.name, task_id, exc)
+            service = self._service
+            service.perform(service.distributor.remote_unsent(task_id, action.attempt, self._clock()))
+
+    async def _on_result(self, msg: Msg) -> None:
+        try:
+            body = msgpack.unpackb(msg.data)
+            result = TaskResult.model_validate(body["result"])
+            node = str(body["node"])
+        except (ValueError, TypeError, KeyError, ValidationError, msgpack.UnpackException) as exc:
+            log.warning("cluster %s: a result that does not read: %s", self.name, exc)
+            return
+        service = self._service
+        service.perform(service.distributor.remote_result(result, node, self._clock(), size=len(msg.data)))
+
+    # ---- in ------------------------------------------------------------
+
+    def sync(self, offered: set[str]) -> None:
+        """Pull for each operation local collectors offer, and only those."""
+        loop = asyncio.get_running_loop()
+        for operation in offered - self._pullers.keys():
+            self._pullers[operation] = loop.create_task(self._pull(operation))
+        for operation in self._pullers.keys() - offered:
+            self._pullers.pop(operation).cancel()
+        for operation, task in list(self._pullers.items()):
+            if task.done():  # (it failed: it is logged, and starts again)
+                self._pullers[operation] = loop.create_task(self._pull(operation))
+
+    async def _pull(self, operation: str) -> None:
+        import nats.errors
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self._ack_wait, max_deliver=-1)
+        try:
+            sub = await self._js.pull_subscribe(
+                f"{self.name}.task.{operation}.*", durable=f"{self.name}_{operation}", stream=self.stream, config=config
+            )
+            while True:
+                free = self._free_slots(operation)
+                if free <= 0:
+                    await asyncio.sleep(0.05)
+                    continue
+                try:
+                    messages = await sub.fetch(min(free, MAX_FETCH), timeout=FETCH_WAIT_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                for msg in messages:
+                    self._take(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("cluster %s: pulling %s tasks stopped: %s", self.name, operation, exc)
+            await asyncio.sleep(1.0)
+
+    def _free_slots(self, operation: str) -> int:
+        """Slots of available collectors offering ``operation`` not taken, less what is queued here for it."""
+        distributor = self._service.distributor
+        free = sum(
+            c.capability.max_concurrent_tasks - c.current_tasks
+            for c in distributor.registry
+            if c.status is CollectorStatus.AVAILABLE and operation in c.capability.supported_operations
+        )
+        return free - distributor.queue.depth(operation)
+
+    def _take(self, msg: Msg) -> None:
+        """Run a task another daemon spilled as a local one."""
+        service = self._service
+        try:
+            body = msgpack.unpackb(msg.data)
+            origin, attempt = str(body["origin"]), int(body["attempt"])
+            fields = dict(body["task"])
+            task_id = str(fields["task_id"])
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            log.warning("cluster %s: a task message that does not read is dropped: %s", self.name, exc)
+            self._background(msg.term())
+            return
+        local_id = _local_id(task_id, origin, attempt)
+        if local_id in self._foreign:  # delivered again while it runs here: keep the newer message
+            self._foreign[local_id].msg = msg
+            return
+        fields.update(task_id=local_id, depends_on=[], idempotency_key=None, not_before=None, created_at=None)
+        fields["metadata"] = {**(fields.get("metadata") or {}), "origin": origin, "origin_task_id": task_id}
+        try:
+            request = TaskRequest.model_validate(fields)
+            _, actions = service.distributor.submit(request, self._clock(), size=len(msg.data))
+        except (ValidationError, EventBusError) as exc:
+            if getattr(exc, "code", "") == "queue_full":
+                self._background(msg.nak(delay=1.0))
+                return
+            self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
+            self._background(self._send_result(local_id, _refused(task_id, attempt, exc)))
+            return
+        self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
+        service.perform(actions)
+
+    def finished(self, local_id: str) -> None:
+        """A task is final here: if another daemon spilled it, its result goes back there."""
+        if local_id not in self._foreign:
+            return
+        info = self._service.distributor.get(local_id)
+        foreign = self._foreign[local_id]
+        result = info.result
+        if result is not None and info.state is TaskState.SUCCEEDED:
+            fields = result.model_dump()
+        else:
+            error = info.error or ErrorInfo(type="Error", message=f"task {info.state.value}")
+            fields = {
+                "collector_id": (result.collector_id if result is not None else "none"),
+                "success": False,
+                "error": error.model_dump(),
+                "execution_time_s": result.execution_time_s if result is not None else 0.0,
+            }
+        fields.update(task_id=foreign.task_id, attempt=foreign.attempt)
+        self._background(self._send_result(local_id, fields))
+
+    async def _send_result(self, local_id: str, result: dict[str, Any]) -> None:
+        foreign = self._foreign.get(local_id)
+        if foreign is None:
+            return
+        body = {"result": result, "node": self.node}
+        await self._nc.publish(f"{self.name}.result.{foreign.origin}", msgpack.packb(body))
+        await self._nc.flush(timeout=5)
+        await foreign.msg.ack()
+        del self._foreign[local_id]
+
+    async def _keep_in_progress(self) -> None:
+        """Tell JetStream the tasks running here are still running, so nobody else gets them meanwhile."""
+        while True:
+            await asyncio.sleep(self._ack_wait / 3)
+            for foreign in list(self._foreign.values()):
+                try:
+                    await foreign.msg.in_progress()
+                except Exception as exc:  # NATS away: the message may go to another daemon after ack_wait
+                    log.debug("in_progress of %s: %s", foreign.task_id, exc)
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._busy.add(task)
+        task.add_done_callback(self._busy.discard)
+
+
+def _local_id(task_id: str, origin: str, attempt: int) -> str:
+    """The id a spilled task runs under here: its id, its origin and its attempt (hashed when too long)."""
+    local = f"{task_id}:{origin}:{attempt}"
+    return local if len(local) <= 128 else "x" + hashlib.sha256(local.encode()).hexdigest()
+
+
+def _refused(task_id: str, attempt: int, exc: Exception) -> dict[str, Any]:
+    message = exc.message if isinstance(exc, EventBusError) else str(exc).splitlines()[0]
+    return {
+        "task_id": task_id,
+        "attempt": attempt,
+        "collector_id": "none",
+        "success": False,
+        "error": {"type": "Refused", "message": message},
+    }

@@ -1,0 +1,94 @@
+"""Handing tasks to other hosts (a cluster's overflow mode) in the sans-I/O distributor."""
+
+from __future__ import annotations
+
+from distributor import DistributorConfig, ErrorInfo, TaskDistributor, TaskRequest, TaskResult, TaskState
+from distributor.actions import Action, Spill
+from distributor.spill import REMOTE
+from tests.test_distributor import cap, dispatches
+
+
+def spills(actions: list[Action]) -> list[Spill]:
+    return [a for a in actions if isinstance(a, Spill)]
+
+
+def cluster(**config: object) -> TaskDistributor:
+    dist = TaskDistributor(DistributorConfig(spill_after_s=0.5, spill_grace_s=5.0, **config))  # type: ignore[arg-type]
+    dist.set_remote_offers(frozenset({"echo"}), 0.0)
+    return dist
+
+
+def remote(task_id: str, attempt: int, success: bool = True) -> TaskResult:
+    error = None if success else ErrorInfo(type="RuntimeError", message="no")
+    return TaskResult(task_id=task_id, attempt=attempt, collector_id="cb", success=success, value=7, error=error)
+
+
+def test_a_task_no_local_collector_takes_goes_to_another_host_and_its_result_comes_back() -> None:
+    dist = cluster()
+    tid, _ = dist.submit(TaskRequest(operation="echo", payload=7), 0.0)
+    assert spills(dist.tick(0.49)) == []
+    (s,) = spills(dist.tick(0.5))
+    assert (s.task.task_id, s.attempt) == (tid, 1)
+    info = dist.get(tid)
+    assert info.state is TaskState.DISPATCHED and info.collector_id == REMOTE
+    assert dist.snapshot(0.5)["tasks_remote"] == 1 and dist.snapshot(0.5)["tasks_spilled"] == 1
+    dist.remote_result(remote(tid, 1), "b", 0.8)
+    info = dist.get(tid)
+    assert info.state is TaskState.SUCCEEDED and info.collector_id == "cb@b" and info.result is not None
+    assert dist.snapshot(0.8)["tasks_remote"] == 0
+
+
+def test_without_spilling_or_a_host_offering_the_operation_the_task_stays_queued() -> None:
+    off = TaskDistributor()
+    tid, _ = off.submit(TaskRequest(operation="echo"), 0.0)
+    assert spills(off.tick(100.0)) == [] and off.state(tid) is TaskState.QUEUED
+    dist = cluster()
+    other, _ = dist.submit(TaskRequest(operation="sleep"), 0.0)
+    assert spills(dist.tick(5.0)) == [] and dist.state(other) is TaskState.QUEUED
+    dist.set_remote_offers(frozenset({"echo", "sleep"}), 5.1)  # a host offering it joined
+    (s,) = spills(dist.tick(5.5))
+    assert s.task.task_id == other
+
+
+def test_a_task_a_local_collector_takes_in_time_is_not_spilled() -> None:
+    dist = cluster()
+    tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    (d,) = dispatches(dist.register(cap("c1"), 0.2))
+    assert spills(dist.tick(1.0)) == [] and dist.get(tid).collector_id == "c1" and d.attempt == 1
+
+
+def test_a_remote_attempt_that_times_out_is_retried_and_its_late_result_is_stale() -> None:
+    dist = cluster(max_retries=2)
+    tid, _ = dist.submit(TaskRequest(operation="echo", timeout_ms=1000), 0.0)
+    dist.tick(0.5)
+    dist.tick(0.5 + 1.0 + 5.0)  # timeout_ms + spill_grace_s
+    info = dist.get(tid)
+    assert info.state is TaskState.RETRYING and info.retries == 1 and dist.snapshot(7.0)["tasks_remote"] == 0
+    dist.tick(30.0)  # retried: queued, then spilled again as attempt 2
+    (s,) = spills(dist.tick(30.5)) or spills(dist.tick(31.0))
+    assert s.attempt == 2
+    dist.remote_result(remote(tid, 1), "b", 31.5)  # the first host finished after all
+    assert dist.state(tid) is TaskState.DISPATCHED and dist.snapshot(31.5)["stale_messages"] == 1
+    dist.remote_result(remote(tid, 2), "c", 32.0)
+    assert dist.get(tid).state is TaskState.SUCCEEDED and dist.get(tid).collector_id == "cb@c"
+
+
+def test_a_failed_remote_attempt_uses_a_retry_and_an_unsent_one_does_not() -> None:
+    dist = cluster(max_retries=1)
+    tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    dist.tick(0.5)
+    dist.remote_unsent(tid, 1, 0.6)  # NATS refused it: queued here again
+    assert dist.state(tid) is TaskState.QUEUED and dist.get(tid).retries == 0
+    (s,) = spills(dist.tick(1.1))
+    dist.remote_result(remote(tid, s.attempt, success=False), "b", 1.2)
+    assert dist.state(tid) is TaskState.RETRYING and dist.get(tid).retries == 1
+
+
+def test_cancelling_a_spilled_task_ends_its_remote_attempt() -> None:
+    dist = cluster()
+    tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    dist.tick(0.5)
+    dist.cancel(tid, 0.6)
+    assert dist.state(tid) is TaskState.CANCELLED and dist.snapshot(0.6)["tasks_remote"] == 0
+    dist.remote_result(remote(tid, 1), "b", 0.7)
+    assert dist.state(tid) is TaskState.CANCELLED
