@@ -519,7 +519,7 @@ class TaskDistributor:
     @_event
     def set_remote_offers(self, operations: frozenset[str], now: float) -> None:
         """The operations other hosts' collectors offer: a task of one of them may be spilled to them."""
-        self._m.remote = operations
+        spill.offered(self._m, operations)
 
     @_event
     def remote_result(self, result: TaskResult, node: str, now: float, *, size: int = 0) -> None:

@@ -131,6 +131,11 @@ class TaskQueue:
         if not q.size:  # drop the operation with every stale entry it still holds
             del self._queues[operation]
 
+    def queued(self) -> Iterator[tuple[str, str]]:
+        """``(task_id, operation)`` of every queued task, in no order (a walk of the whole queue)."""
+        for task_id, where in self._where.items():
+            yield task_id, where[0]
+
     def depth(self, operation: str) -> int:
         q = self._queues.get(operation)
         return q.size if q else 0

@@ -43,8 +43,27 @@ def due(m: TaskMachine, task: TaskRecord) -> None:
     if m._now < task.queued_at + after - 1e-9:
         return  # queued again since: a later timer covers it
     if task.request.operation not in m.remote:
-        m._timers.add(m._now + after, TimerKind.SPILL, task.task_id, task.serial, task.attempt)
-        return  # nobody else offers it (yet): look again later
+        return  # nobody else offers it (yet): see offered()
+    _spill(m, task)
+
+
+def offered(m: TaskMachine, operations: frozenset[str]) -> None:
+    """Other hosts now offer ``operations``: spill the tasks of the newly offered ones that waited long enough."""
+    new, m.remote = operations - m.remote, operations
+    after = m.config.spill_after_s
+    if not new or after is None:
+        return
+    late = m._now - after + 1e-9
+    due_ids = []
+    for task_id, operation in m.queue.queued():
+        queued_at = m._tasks[task_id].queued_at
+        if operation in new and queued_at is not None and queued_at <= late:
+            due_ids.append(task_id)
+    for task_id in due_ids:
+        _spill(m, m._tasks[task_id])
+
+
+def _spill(m: TaskMachine, task: TaskRecord) -> None:
     m.queue.remove(task.task_id)
     now, request = m._now, task.request
     task.attempt += 1

@@ -156,6 +156,7 @@ class TaskExchange:
         from nats.js.api import AckPolicy, ConsumerConfig
 
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self._ack_wait, max_deliver=-1)
+        loop = asyncio.get_running_loop()
         try:
             sub = await self._js.pull_subscribe(
                 f"{self.name}.task.{operation}.*", durable=f"{self.name}_{operation}", stream=self.stream, config=config
@@ -165,9 +166,15 @@ class TaskExchange:
                 if free <= 0:
                     await asyncio.sleep(0.05)
                     continue
+                asked = loop.time()
                 try:
                     messages = await sub.fetch(min(free, MAX_FETCH), timeout=FETCH_WAIT_S)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    messages = []
+                if not messages:
+                    # nats-py may answer an empty fetch at once (with [] or an error): wait its time out anyway,
+                    # or this loop spins
+                    await asyncio.sleep(max(0.0, FETCH_WAIT_S - (loop.time() - asked)))
                     continue
                 for msg in messages:
                     self._take(msg)

@@ -45,9 +45,21 @@ def test_without_spilling_or_a_host_offering_the_operation_the_task_stays_queued
     dist = cluster()
     other, _ = dist.submit(TaskRequest(operation="sleep"), 0.0)
     assert spills(dist.tick(5.0)) == [] and dist.state(other) is TaskState.QUEUED
-    dist.set_remote_offers(frozenset({"echo", "sleep"}), 5.1)  # a host offering it joined
-    (s,) = spills(dist.tick(5.5))
+    (s,) = spills(dist.set_remote_offers(frozenset({"echo", "sleep"}), 5.1))  # a host offering it joined
     assert s.task.task_id == other
+    young, _ = dist.submit(TaskRequest(operation="sleep"), 6.0)
+    dist.set_remote_offers(frozenset({"echo"}), 6.1)
+    assert spills(dist.set_remote_offers(frozenset({"echo", "sleep"}), 6.2)) == []  # not waited long enough
+    (s,) = spills(dist.tick(6.5))
+    assert s.task.task_id == young
+
+
+def test_spilling_at_once_with_nobody_offering_the_operation_waits_without_spinning() -> None:
+    dist = TaskDistributor(DistributorConfig(spill_after_s=0.0))
+    tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    for now in (0.0, 0.05, 0.1):
+        assert spills(dist.tick(now)) == []
+    assert dist.state(tid) is TaskState.QUEUED and dist.next_timer() is None
 
 
 def test_a_task_a_local_collector_takes_in_time_is_not_spilled() -> None:
