@@ -24,7 +24,7 @@ def nats_url(short_tmp: Path) -> Iterator[str]:
         yield url
 
 
-def node(short_tmp: Path, name: str, url: str, *extra: str) -> Bus:
+def node(short_tmp: Path, name: str, url: str, *extra: str, env: dict[str, str] | None = None) -> Bus:
     """A daemon of the cluster on its own socket and state directory, named ``name``."""
     bus = Bus(short_tmp / name)
     bus.root.mkdir()
@@ -33,6 +33,7 @@ def node(short_tmp: Path, name: str, url: str, *extra: str) -> Bus:
         EVENTBUS_CLUSTER_NODE=name,
         EVENTBUS_CLUSTER_HEARTBEAT_S="0.5",
         EVENTBUS_CLUSTER_LEASE_TTL_S="2",
+        **(env or {}),
     )
     bus.start_daemon(*extra)
     return bus
@@ -177,21 +178,10 @@ def test_a_task_only_another_host_can_run_runs_there_and_its_result_comes_back(t
 
 
 def test_spilled_tasks_of_a_killed_daemon_finish_on_a_third_one_once_each(short_tmp: Path, nats_url: str) -> None:
-    extra = {"EVENTBUS_CLUSTER_ACK_WAIT_S": "2"}
-    buses = []
+    buses: list[Bus] = []
     try:
         for name in ("a", "b", "c"):
-            bus = Bus(short_tmp / name)
-            bus.root.mkdir()
-            bus.env.update(
-                EVENTBUS_CLUSTER_NATS_URL=nats_url,
-                EVENTBUS_CLUSTER_NODE=name,
-                EVENTBUS_CLUSTER_HEARTBEAT_S="0.5",
-                EVENTBUS_CLUSTER_LEASE_TTL_S="2",
-                **extra,
-            )
-            bus.start_daemon()
-            buses.append(bus)
+            buses.append(node(short_tmp, name, nats_url, env={"EVENTBUS_CLUSTER_ACK_WAIT_S": "2"}))
         a, b, c = buses
         b.start_collector("cb", "demo", "--concurrency", "8")
         wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
