@@ -343,8 +343,12 @@ class Cluster:
         if self._exchange is not None and self.connected:
             self._exchange.spill(action)
             return
+        distributor, now = self._service.distributor, self._clock()
         task_id = action.task.task_id or ""
-        self._service.perform(self._service.distributor.remote_unsent(task_id, action.attempt, self._clock()))
+        self._service.perform(distributor.remote_unsent(task_id, action.attempt, now))
+        # nothing spills while NATS is away; the next heartbeat in touch with it offers the operations again
+        self._remote = frozenset()
+        self._service.perform(distributor.set_remote_offers(self._remote, now))
 
     def finished(self, task_id: str) -> None:
         """A task is final here (its result may belong to another daemon)."""
