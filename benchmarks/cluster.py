@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.redelivery import until
 from eventbus.client import SyncClient
 from eventbus.errors import EventBusError
 
@@ -34,18 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait(check: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except EventBusError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("timed out waiting for the cluster to form")
 
 
 def _run(path: Path, tasks: int, in_flight: int) -> dict[str, Any]:
@@ -95,7 +84,7 @@ def main() -> None:
             }
             procs.append(subprocess.Popen([str(BIN / "eventbusd")], env=env, stderr=subprocess.DEVNULL))
             paths[name] = root / f"{name}.sock"
-        _wait(lambda: all(p.exists() for p in paths.values()))
+        until(lambda: all(p.exists() for p in paths.values()))
         env_b = {**os.environ, "EVENTBUS_SOCKET": str(paths["b"])}
         collector = [str(BIN / "eventbus-collector"), "run", "demo", "--id", "cb", "--concurrency", "16"]
         procs.append(subprocess.Popen(collector, env=env_b, stderr=subprocess.DEVNULL))
@@ -105,7 +94,7 @@ def main() -> None:
                 hosts = client.cluster()["hosts"]
             return any(h["node"] == "b" and "echo" in h["operations"] for h in hosts)
 
-        _wait(formed)
+        until(formed)
         time.sleep(1.0)
         local = _run(paths["b"], args.tasks, args.in_flight)
         spilled = _run(paths["a"], args.tasks, args.in_flight)

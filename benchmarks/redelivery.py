@@ -30,7 +30,7 @@ from eventbus.errors import EventBusError
 BIN = Path(sys.executable).parent
 
 
-def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -61,18 +61,18 @@ def measure(rounds: int, heartbeat_timeout_s: float) -> list[float]:
 
     try:
         start("eventbusd")
-        _until(lambda: sock.exists())
+        until(lambda: sock.exists())
         with SyncClient(sock) as c:
             start("eventbus-collector", "run", "demo", "--id", "rescuer")
-            _until(lambda: any(i.collector_id == "rescuer" for i in c.collectors()))
+            until(lambda: any(i.collector_id == "rescuer" for i in c.collectors()))
             c.drain("rescuer")
             delays = []
             for n in range(rounds):
                 victim = start("eventbus-collector", "run", "demo", "--id", f"victim{n}")
                 name = f"victim{n}"
-                _until(lambda name=name: any(i.collector_id == name for i in c.collectors()))  # type: ignore[misc]
+                until(lambda name=name: any(i.collector_id == name for i in c.collectors()))  # type: ignore[misc]
                 tid = c.submit("sleep", {"seconds": 2})
-                _until(lambda tid=tid: c.get(tid).state is TaskState.RUNNING)  # type: ignore[misc]
+                until(lambda tid=tid: c.get(tid).state is TaskState.RUNNING)  # type: ignore[misc]
                 c.undrain("rescuer")
                 victim.send_signal(signal.SIGKILL)
                 killed = time.time()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from distributor.collector import CollectorState, OrderKey
@@ -131,6 +131,14 @@ class CapabilityRegistry:
     def supports(self, operation: str) -> bool:
         """Whether any registered collector (of any status) offers ``operation``."""
         return operation in self._by_op
+
+    def operations(self) -> Iterable[str]:
+        """Every operation some registered collector (of any status) offers."""
+        return self._by_op.keys()
+
+    def supporters(self, operation: str) -> Iterable[CollectorState]:
+        """The registered collectors (of any status) that offer ``operation``, without walking the others."""
+        return self._by_op.get(operation, {}).values()
 
     def restricted(self, operation: str) -> bool:
         """Whether a collector offering ``operation`` accepts only some priorities (pools are then per priority)."""

@@ -336,9 +336,7 @@ class Scheduler:
         if schedule is None or schedule.token != token or schedule.paused or schedule.next_due is None:
             return
         if not self.active:  # not ours to run: look again at the next due time
-            schedule.next_due = schedule.spec.due_after(now)
-            schedule.token += 1
-            self._m._timers.add(schedule.next_due, TimerKind.SCHEDULE, name, 0, schedule.token)
+            self._plan(schedule, now, write=False)
             return
         due = schedule.spec.latest_due(schedule.next_due, now)
         if schedule.last_due is None or due > schedule.last_due:

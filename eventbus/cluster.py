@@ -217,12 +217,12 @@ class Cluster:
             self._remote = remote
             self._service.perform(distributor.set_remote_offers(remote, self._clock()))
         if self._exchange is not None:
-            self._exchange.sync({op for c in distributor.registry for op in c.capability.supported_operations})
+            self._exchange.sync(set(distributor.registry.operations()))
 
     def _record(self) -> dict[str, Any]:
         """This daemon's record in ``<name>_hosts``."""
         snap = self._service.distributor.snapshot(self._clock())
-        offered = sorted({op for c in self._service.distributor.registry for op in c.capability.supported_operations})
+        offered = sorted(self._service.distributor.registry.operations())
         slots = sum(c.capability.max_concurrent_tasks for c in self._service.distributor.registry)
         return {
             "node": self.node,
@@ -238,22 +238,9 @@ class Cluster:
         }
 
     async def _read_hosts(self) -> list[dict[str, Any]]:
-        from nats.js.errors import KeyNotFoundError, NoKeysError
-
         assert self._hosts is not None
-        try:
-            keys = await self._hosts.keys()
-        except NoKeysError:
-            return []
-        hosts = []
-        for key in sorted(keys):
-            try:
-                entry = await self._hosts.get(key)
-            except KeyNotFoundError:  # (gone since the listing, or deleted)
-                continue
-            if entry.value:
-                hosts.append(msgpack.unpackb(entry.value))
-        return hosts
+        entries = await _entries(self._hosts)
+        return [msgpack.unpackb(value) for _, value in sorted(entries.items())]
 
     # ---- the lease -----------------------------------------------------
 
@@ -305,22 +292,8 @@ class Cluster:
         log.warning("cluster %s: node %s is no longer the leader: %s", self.name, self.node, why)
 
     async def _read_dues(self) -> dict[str, float]:
-        from nats.js.errors import KeyNotFoundError, NoKeysError
-
         assert self._dues is not None
-        try:
-            keys = await self._dues.keys()
-        except NoKeysError:
-            return {}
-        dues = {}
-        for key in keys:
-            try:
-                entry = await self._dues.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                dues[key] = float(entry.value)
-        return dues
+        return {name: float(value) for name, value in (await _entries(self._dues)).items()}
 
     async def _share_dues(self) -> None:
         """Write each schedule's due time run here since the last look (a new leader starts after it)."""
@@ -382,3 +355,22 @@ class Cluster:
             log.warning("cluster %s: node %s could not leave cleanly: %s", self.name, self.node, exc)
         self.is_leader = False
         await self._disconnect()
+
+
+async def _entries(kv: KeyValue) -> dict[str, bytes]:
+    """Every key of a bucket with its value (keys deleted or gone since the listing are left out)."""
+    from nats.js.errors import KeyNotFoundError, NoKeysError
+
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return {}
+    found = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            found[key] = entry.value
+    return found

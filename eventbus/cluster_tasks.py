@@ -187,10 +187,13 @@ class TaskExchange:
     def _free_slots(self, operation: str) -> int:
         """Slots of available collectors offering ``operation`` not taken, less what is queued here for it."""
         distributor = self._service.distributor
+        registry = distributor.registry
+        if not registry.has_room(operation):  # (the common answer when busy, without a walk)
+            return 0
         free = sum(
             c.capability.max_concurrent_tasks - c.current_tasks
-            for c in distributor.registry
-            if c.status is CollectorStatus.AVAILABLE and operation in c.capability.supported_operations
+            for c in registry.supporters(operation)
+            if c.status is CollectorStatus.AVAILABLE
         )
         return free - distributor.queue.depth(operation)
 

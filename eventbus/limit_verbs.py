@@ -16,12 +16,11 @@ import msgpack
 from distributor import Action, TaskDistributor
 from distributor.limits import Limit, parse_rate
 from eventbus import messages as m
+from eventbus.collector_verbs import Handler
 from eventbus.errors import EventBusError, InvalidRequest, StateCorrupt, UnknownName
 from eventbus.settings import DaemonSettings
 from eventbus.wire import Envelope
 
-#: a verb: (routing id, request, the topic's last segment) -> reply body
-Handler = Callable[[bytes, Envelope, str], "dict[str, Any] | None"]
 #: (limit kind, name)
 Key = tuple[str, str]
 #: the store's kind of a runtime limit of each limit kind

@@ -20,14 +20,13 @@ from distributor import Action, TaskDistributor
 from distributor.errors import InvalidRequest
 from distributor.schedules import ScheduleSpec, parse_every, zone
 from eventbus import messages as m
+from eventbus.collector_verbs import Handler
 from eventbus.errors import EventBusError, StateCorrupt, TooLarge
 from eventbus.settings import DaemonSettings
 from eventbus.wire import Envelope
 
 log = logging.getLogger(__name__)
 
-#: a verb: (routing id, request, the topic's last segment) -> reply body
-Handler = Callable[[bytes, Envelope, str], "dict[str, Any] | None"]
 #: what a run's task takes in the frame that dispatches it besides its payload
 RUN_OVERHEAD = 1024
 

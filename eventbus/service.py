@@ -62,8 +62,6 @@ from eventbus.wire import Envelope, Kind, decode, decode_batch, encode, error_bo
 
 if TYPE_CHECKING:
     from eventbus.cluster import Cluster
-
-if TYPE_CHECKING:
     from eventbus.metrics import Exporter
 
 log = logging.getLogger(__name__)
@@ -471,7 +469,7 @@ class Service:
         """The task ``owner`` submitted with idempotency ``key`` within idempotency_ttl_s, held or kept."""
         task_id = self.distributor.find_idempotent(key, owner, now)
         if task_id is not None:
-            return self.distributor.get(task_id, self._clock())
+            return self.distributor.get(task_id, now)
         return self.store.keyed(idempotency_scope(owner, key), now - self.settings.idempotency_ttl_s)
 
     def _view(self, task_id: str) -> TaskInfo:

@@ -470,3 +470,15 @@ def test_a_collector_that_rejects_an_attempt_is_drained() -> None:
     assert dispatches(dist.reject("leaving", tid, d.attempt, 1.0)) == []  # not offered back to it
     (state,) = list(dist.registry)
     assert state.status.value == "draining" and dist.get(tid).state is TaskState.QUEUED
+
+
+def test_the_registry_lists_operations_and_their_supporters_without_the_others() -> None:
+    dist = TaskDistributor()
+    dist.register(cap("a1", ops=("echo", "sleep")), 0.0)
+    dist.register(cap("b1", ops=("sleep",)), 0.0)
+    assert set(dist.registry.operations()) == {"echo", "sleep"}
+    assert sorted(c.collector_id for c in dist.registry.supporters("sleep")) == ["a1", "b1"]
+    assert [c.collector_id for c in dist.registry.supporters("echo")] == ["a1"]
+    assert list(dist.registry.supporters("nothing")) == []
+    dist.deregister("a1", 1.0)
+    assert set(dist.registry.operations()) == {"sleep"}
