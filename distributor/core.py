@@ -410,8 +410,10 @@ class TaskDistributor:
         (submission) order, so priority and FIFO order hold. An attempt that was
         in flight is over: the task is queued again without using a retry, and
         its next attempt gets the next number, so a late result of the old one
-        is stale. Deadlines and ``not_before`` times still apply (one already
-        past fires on the next tick, or queues the task now). A pending task
+        is stale; but an attempt spilled to another host goes on (with spilling
+        on), since its result reaches this host even after a restart.
+        Deadlines and ``not_before`` times still apply (one already past fires
+        on the next tick, or queues the task now). A pending task
         waits for its parents still held, and looks up the others in
         ``parents`` (final states of finished tasks): one that did not succeed,
         or is not known any more, fails it with ``dependency_failed``.

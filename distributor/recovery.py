@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from distributor import spill
 from distributor.machine import TaskMachine
 from distributor.models import TaskState
 from distributor.registry import CollectorState
@@ -79,7 +80,8 @@ def restore(
         deadline = task.request.deadline
         if deadline is not None:
             m._timers.add(deadline, TimerKind.DEADLINE, task.task_id, task.serial)
-        state, task.collector_id = task.state, None
+        state, spilled = task.state, task.collector_id == spill.REMOTE
+        task.collector_id = None
         if state is TaskState.PENDING:
             _repend(m, task, known)
         elif state is TaskState.SCHEDULED:
@@ -87,6 +89,8 @@ def restore(
         elif state is TaskState.RETRYING and task.retry_at is not None and task.retry_at > now:
             m._to(task, TaskState.RETRYING, born=True)
             m._timers.add(task.retry_at, TimerKind.RETRY, task.task_id, task.serial, task.attempt)
+        elif spilled and state in (TaskState.DISPATCHED, TaskState.RUNNING) and m.config.spill_after_s is not None:
+            spill.resume(m, task)  # that attempt lives on in the cluster: its result may still come
         else:
             if state in (TaskState.DISPATCHED, TaskState.RUNNING):
                 m.stats.tasks_redelivered += 1

@@ -78,6 +78,22 @@ def _spill(m: TaskMachine, task: TaskRecord) -> None:
     m._task_event(task)
 
 
+def resume(m: TaskMachine, task: TaskRecord) -> None:
+    """A task taken back from a store while its attempt ran on another host: that attempt goes on.
+
+    Its result reaches this host even if it comes while the host was down, so
+    the task is dispatched on :data:`REMOTE` again (born queued, as a restored
+    task is, and dispatched at once, with the same attempt), and its attempt
+    gets a whole timeout again.
+    """
+    m._to(task, TaskState.QUEUED, born=True)
+    m._to(task, TaskState.DISPATCHED)
+    task.collector_id = REMOTE
+    m.remote_in_flight += 1
+    timeout_at = m._now + task.request.timeout_ms / 1000.0 + m.config.spill_grace_s
+    m._timers.add(timeout_at, TimerKind.ATTEMPT_TIMEOUT, task.task_id, task.serial, task.attempt)
+
+
 def ended(m: TaskMachine, task: TaskRecord) -> None:
     """A remote attempt is over (result, timeout, cancel, deadline)."""
     if task.collector_id == REMOTE:

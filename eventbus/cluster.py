@@ -168,6 +168,8 @@ class Cluster:
             name=self.name,
             node=self.node,
             ack_wait_s=self._settings.cluster_ack_wait_s,
+            replicas=self._settings.cluster_replicas,
+            keep_s=self._settings.result_ttl_s,
             clock=self._clock,
         )
         await exchange.start()
@@ -180,7 +182,8 @@ class Cluster:
         try:
             return await js.key_value(bucket)
         except Exception:  # (not found: made here; another daemon may make it at the same time, alike)
-            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl))
+            config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=self._settings.cluster_replicas)
+            return await js.create_key_value(config)
 
     async def _serve(self) -> None:
         """Heartbeat and lease every ``cluster_heartbeat_s``; share schedule runs as soon as they happen."""

@@ -13,10 +13,15 @@
   task. While it runs the daemon tells JetStream it is in progress every third
   of ``cluster_ack_wait_s``; if the daemon dies, another one gets the message
   once that time has passed.
-- Back: when such a task is final, its result goes to the daemon that spilled
-  it, on ``<name>.result.<node>``, and the message is acknowledged. That daemon
-  takes a result only for the attempt it spilled, so a task run twice after a
-  host died still ends once.
+  A message delivered more than the origin's ``max_retries`` + 1 times (the
+  daemons that took it died) is not run again: its task fails at its origin.
+- Back: when such a task is final, its result is published to the stream
+  ``<name>_returns`` on ``<name>.result.<origin node>``, and only once JetStream
+  acknowledged it is the task's message acknowledged. The origin reads its
+  results through its own durable consumer ``<name>_returns_<node>``, so a
+  result sent while it was away (restarting, or cut off from NATS) waits for
+  it. It takes a result only for the attempt it spilled, so a task run twice
+  after a host died still ends once.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 MAX_FETCH = 16
 #: how long an empty fetch waits (it always costs its whole timeout)
 FETCH_WAIT_S = 0.5
+#: tries to publish a result before the task's message is left to be delivered again
+RESULT_TRIES = 8
 
 
 @dataclass(slots=True)
@@ -72,35 +79,55 @@ class TaskExchange:
         name: str,
         node: str,
         ack_wait_s: float,
+        replicas: int,
+        keep_s: float,
         clock: Callable[[], float],
     ) -> None:
         self._nc, self._js, self._service = nc, js, service
         self.name, self.node = name, node
         self._ack_wait = ack_wait_s
+        self._replicas, self._keep_s = replicas, keep_s
         self._clock = clock
         self.stream = f"{name}_tasks"
+        self.returns = f"{name}_returns"
         self._pullers: dict[str, asyncio.Task[None]] = {}
         self._foreign: dict[str, Foreign] = {}
         self._busy: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Make sure the stream exists, and listen for the results of the tasks spilled from here."""
+        """Make sure the streams exist, and read the results of the tasks spilled from here."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        await self._stream(self.stream, f"{self.name}.task.>", None)
+        await self._stream(self.returns, f"{self.name}.result.*", self._keep_s)
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1024)
+        await self._js.subscribe(
+            f"{self.name}.result.{self.node}",
+            durable=f"{self.returns}_{self.node}",
+            stream=self.returns,
+            cb=self._on_result,
+            manual_ack=True,
+            config=config,
+        )
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress())
+
+    async def _stream(self, name: str, subjects: str, max_age: float | None) -> None:
+        """A work-queue stream on file, made here unless it exists (another daemon may make it at once, alike)."""
         from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
         try:
-            await self._js.stream_info(self.stream)
-        except Exception:  # (not found: made here; another daemon may make it at the same time, alike)
-            await self._js.add_stream(
-                StreamConfig(
-                    name=self.stream,
-                    subjects=[f"{self.name}.task.>"],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    storage=StorageType.FILE,
-                )
+            await self._js.stream_info(name)
+        except Exception:  # (not found)
+            config = StreamConfig(
+                name=name,
+                subjects=[subjects],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=self._replicas,
+                max_age=max_age,
             )
-        await self._nc.subscribe(f"{self.name}.result.{self.node}", cb=self._on_result)
-        self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress())
+            await self._js.add_stream(config)
 
     def stop(self) -> None:
         for task in [*self._pullers.values(), *self._busy, *([self._keeper] if self._keeper else [])]:
@@ -116,7 +143,8 @@ class TaskExchange:
     async def _publish(self, action: Spill) -> None:
         request = action.task
         task_id = request.task_id or ""
-        body = {"task": request.model_dump(), "attempt": action.attempt, "origin": self.node}
+        deliveries = self._service.distributor.config.max_retries + 1
+        body = {"task": request.model_dump(), "attempt": action.attempt, "origin": self.node, "deliveries": deliveries}
         subject = f"{self.name}.task.{request.operation}.{request.priority}"
         try:
             await self._js.publish(
@@ -133,10 +161,12 @@ class TaskExchange:
             result = TaskResult.model_validate(body["result"])
             node = str(body["node"])
         except (ValueError, TypeError, KeyError, ValidationError, msgpack.UnpackException) as exc:
-            log.warning("cluster %s: a result that does not read: %s", self.name, exc)
+            log.warning("cluster %s: a result that does not read is dropped: %s", self.name, exc)
+            await msg.term()
             return
         service = self._service
         service.perform(service.distributor.remote_result(result, node, self._clock(), size=len(msg.data)))
+        await msg.ack()
 
     # ---- in ------------------------------------------------------------
 
@@ -205,6 +235,7 @@ class TaskExchange:
             origin, attempt = str(body["origin"]), int(body["attempt"])
             fields = dict(body["task"])
             task_id = str(fields["task_id"])
+            deliveries = int(body.get("deliveries") or 0)  # (0: no limit)
         except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
             log.warning("cluster %s: a task message that does not read is dropped: %s", self.name, exc)
             self._background(msg.term())
@@ -212,6 +243,10 @@ class TaskExchange:
         local_id = _local_id(task_id, origin, attempt)
         if local_id in self._foreign:  # delivered again while it runs here: keep the newer message
             self._foreign[local_id].msg = msg
+            return
+        if 0 < deliveries < msg.metadata.num_delivered:  # the daemons that took it died running it, every time
+            self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
+            self._background(self._send_result(local_id, _undelivered(task_id, attempt, deliveries)))
             return
         fields.update(task_id=local_id, depends_on=[], idempotency_key=None, not_before=None, created_at=None)
         fields["metadata"] = {**(fields.get("metadata") or {}), "origin": origin, "origin_task_id": task_id}
@@ -249,13 +284,24 @@ class TaskExchange:
         self._background(self._send_result(local_id, fields))
 
     async def _send_result(self, local_id: str, result: dict[str, Any]) -> None:
+        """Publish a result to its origin's stream, then acknowledge the task's message (it was run)."""
         foreign = self._foreign.get(local_id)
         if foreign is None:
             return
-        body = {"result": result, "node": self.node}
-        await self._nc.publish(f"{self.name}.result.{foreign.origin}", msgpack.packb(body))
-        await self._nc.flush(timeout=5)
-        await foreign.msg.ack()
+        data = msgpack.packb({"result": result, "node": self.node})
+        msg_id = f"{foreign.task_id}:{foreign.attempt}:{self.node}"
+        for tries in range(1, RESULT_TRIES + 1):
+            try:
+                await self._js.publish(
+                    f"{self.name}.result.{foreign.origin}", data, timeout=5, headers={"Nats-Msg-Id": msg_id}
+                )
+                await foreign.msg.ack()
+                break
+            except Exception as exc:  # NATS away: try again (the task's message is kept in progress meanwhile)
+                log.warning("cluster %s: the result of %s could not be sent (%s)", self.name, foreign.task_id, exc)
+                await asyncio.sleep(min(2.0**tries / 4, 5.0))
+        else:  # (not acknowledged: once ack wait passes, another daemon runs the task again)
+            log.warning("cluster %s: gave up sending the result of %s", self.name, foreign.task_id)
         del self._foreign[local_id]
 
     async def _keep_in_progress(self) -> None:
@@ -282,10 +328,19 @@ def _local_id(task_id: str, origin: str, attempt: int) -> str:
 
 def _refused(task_id: str, attempt: int, exc: Exception) -> dict[str, Any]:
     message = exc.message if isinstance(exc, EventBusError) else str(exc).splitlines()[0]
+    return _failure(task_id, attempt, "Refused", message)
+
+
+def _undelivered(task_id: str, attempt: int, deliveries: int) -> dict[str, Any]:
+    why = f"delivered {deliveries} times (max_retries + 1) to daemons that stopped before it finished"
+    return _failure(task_id, attempt, "DeliveryLimit", why)
+
+
+def _failure(task_id: str, attempt: int, kind: str, message: str) -> dict[str, Any]:
     return {
         "task_id": task_id,
         "attempt": attempt,
         "collector_id": "none",
         "success": False,
-        "error": {"type": "Refused", "message": message},
+        "error": {"type": kind, "message": message},
     }

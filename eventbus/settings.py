@@ -168,6 +168,13 @@ class DaemonSettings(_Settings):
         description="a task another daemon took from the cluster is given to a third one this long after the "
         "taker stops reporting progress (it died)",
     )
+    cluster_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="copies NATS keeps of the cluster's streams and buckets when they are made (3 on a "
+        "3-node NATS cluster, so one node may die)",
+    )
     cluster_heartbeat_s: float = Field(
         default=1.0, gt=0, le=60, description="how often this daemon refreshes its record and the leader lease"
     )

@@ -6,6 +6,7 @@ from distributor import DistributorConfig, ErrorInfo, TaskDistributor, TaskReque
 from distributor.actions import Action, Spill
 from distributor.spill import REMOTE
 from tests.test_distributor import cap, dispatches
+from tests.test_recovery import restart, written
 
 
 def spills(actions: list[Action]) -> list[Spill]:
@@ -104,3 +105,40 @@ def test_cancelling_a_spilled_task_ends_its_remote_attempt() -> None:
     assert dist.state(tid) is TaskState.CANCELLED and dist.snapshot(0.6)["tasks_remote"] == 0
     dist.remote_result(remote(tid, 1), "b", 0.7)
     assert dist.state(tid) is TaskState.CANCELLED
+
+
+def test_a_spilled_attempt_goes_on_across_a_restart_and_its_result_is_taken() -> None:
+    dist = cluster()
+    dist.journal = True
+    tid, _ = dist.submit(TaskRequest(operation="echo", timeout_ms=1000), 0.0)
+    (s,) = spills(dist.tick(0.5))
+    store = written(dist)
+    back = restart(store, 2.0, spill_after_s=0.5, spill_grace_s=5.0)
+    info = back.get(tid)
+    assert (info.state, info.collector_id, info.attempt) == (TaskState.DISPATCHED, REMOTE, 1)
+    assert back.snapshot(2.0)["tasks_remote"] == 1 and spills(back.tick(2.1)) == []
+    back.remote_result(remote(tid, s.attempt), "b", 3.0)  # sent while this host was down: read after
+    assert back.get(tid).state is TaskState.SUCCEEDED and back.snapshot(3.0)["tasks_remote"] == 0
+
+
+def test_a_restored_spilled_attempt_that_never_answers_times_out_and_is_retried() -> None:
+    dist = cluster()
+    dist.journal = True
+    tid, _ = dist.submit(TaskRequest(operation="echo", timeout_ms=1000), 0.0)
+    spills(dist.tick(0.5))
+    back = restart(written(dist), 2.0, spill_after_s=0.5, spill_grace_s=5.0)
+    back.set_remote_offers(frozenset({"echo"}), 2.0)
+    back.tick(7.9)
+    assert back.get(tid).state is TaskState.DISPATCHED  # a whole timeout again from the restart: 2 + 1 + 5
+    back.tick(8.1)
+    assert back.get(tid).state is TaskState.RETRYING and back.snapshot(8.1)["tasks_remote"] == 0
+
+
+def test_without_spilling_a_restored_spilled_attempt_is_over_and_the_task_queued() -> None:
+    dist = cluster()
+    dist.journal = True
+    tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
+    spills(dist.tick(0.5))
+    back = restart(written(dist), 2.0)
+    info = back.get(tid)
+    assert info.state is TaskState.QUEUED and back.snapshot(2.0)["tasks_remote"] == 0

@@ -208,3 +208,55 @@ def test_spilled_tasks_of_a_killed_daemon_finish_on_a_third_one_once_each(short_
     finally:
         for bus in reversed(buses):
             bus.close()
+
+
+def test_a_result_sent_while_the_spilling_daemon_was_down_reaches_it_after_its_restart(
+    two: tuple[Bus, Bus],
+) -> None:
+    a, b = two
+    b.start_collector("cb", "demo", "--concurrency", "4")
+    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+    time.sleep(1.0)
+    with a.client() as client:
+        tid = client.submit("sleep", {"seconds": 2})
+        wait_until(lambda: client.get(tid).state == "dispatched", 15, "the task to spill")
+    wait_until(lambda: in_flight(b) == 1, 15, "b to run it")
+    assert a.daemon is not None
+    a.daemon.signal(signal.SIGKILL)
+    a.daemon.wait(10)
+    wait_until(lambda: in_flight(b) == 0, 15, "b to finish it, with its origin down")
+    a.start_daemon()
+    with a.client() as client:
+        info = client.wait(tid, timeout=20)
+        stats = client.stats()
+    assert (info.state, info.collector_id, info.attempt) == ("succeeded", "cb@b", 1)
+    assert stats["stale_messages"] == 0
+
+
+def test_a_spilled_task_whose_takers_keep_dying_fails_after_max_retries_plus_one_deliveries(
+    short_tmp: Path, nats_url: str
+) -> None:
+    buses: list[Bus] = []
+    quick = {"EVENTBUS_CLUSTER_ACK_WAIT_S": "2"}
+    try:
+        buses.append(node(short_tmp, "a", nats_url, env={**quick, "EVENTBUS_MAX_RETRIES": "0"}))
+        for name in ("b", "c"):
+            buses.append(node(short_tmp, name, nats_url, env=quick))
+        a, b, c = buses
+        b.start_collector("cb", "demo")
+        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+        time.sleep(1.0)
+        with a.client() as client:
+            tid = client.submit("sleep", {"seconds": 30}, timeout_ms=60_000)
+        wait_until(lambda: in_flight(b) == 1, 15, "b to run it")
+        c.start_collector("cc", "demo")
+        assert b.daemon is not None
+        b.daemon.signal(signal.SIGKILL)  # its one delivery (max_retries 0) is used up
+        b.daemon.wait(10)
+        with a.client() as client:
+            info = client.wait(tid, timeout=30)
+        assert info.state == "failed" and info.error is not None and info.error.type == "DeliveryLimit", info
+        assert in_flight(c) == 0  # c was given it a second time, and did not run it
+    finally:
+        for bus in reversed(buses):
+            bus.close()
