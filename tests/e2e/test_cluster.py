@@ -260,3 +260,33 @@ def test_a_spilled_task_whose_takers_keep_dying_fails_after_max_retries_plus_one
     finally:
         for bus in reversed(buses):
             bus.close()
+
+
+def test_a_nats_node_killed_under_load_loses_no_acknowledged_task(short_tmp: Path) -> None:
+    with nats.nats_cluster(short_tmp, 3) as servers:
+        urls = ",".join(s.url for s in servers)
+        env = {"EVENTBUS_CLUSTER_REPLICAS": "3", "EVENTBUS_CLUSTER_ACK_WAIT_S": "2"}
+        a = node(short_tmp, "a", urls, env=env)
+        b = node(short_tmp, "b", urls, env=env)
+        try:
+            b.start_collector("cb", "demo", "--concurrency", "8")
+            wait_until(lambda: offers(a, "b", "sleep"), 20, "host b's record")
+            time.sleep(1.0)
+            with a.client() as client:
+                ids = [client.submit("sleep", {"seconds": 0.2}, timeout_ms=5000) for _ in range(80)]
+                wait_until(lambda: int(client.stats()["tasks_spilled"]) >= 16, 20, "spilling under way")
+            leader = nats.stream_leader(servers, "eventbus_tasks")
+            victim = next(s for s in servers if s.name == leader)
+            victim.kill()  # the server leading the task stream: the survivors elect another
+            killed = time.monotonic()
+            with a.client() as client:
+                infos = [client.wait(t, timeout=90) for t in ids]
+                stats = client.stats()
+            took = time.monotonic() - killed
+            states = [i.state for i in infos]
+            print(f"80 tasks, NATS node {leader} (stream leader) killed: all final {took:.1f} s after; {stats}")
+            assert states == ["succeeded"] * 80, {s: states.count(s) for s in set(states)}
+            assert len({i.task_id for i in infos}) == 80 and all(i.collector_id == "cb@b" for i in infos)
+        finally:
+            for bus in (a, b):
+                bus.close()
