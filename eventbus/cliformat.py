@@ -212,4 +212,9 @@ def cluster_text(view: dict[str, Any]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    depths = view.get("stream_depths") or {}
+    waiting = ", ".join(f"{op} {n}" for op, n in sorted(depths.items())) or "empty"
+    lines.append(f"stream {view.get('stream')}: {waiting} (tasks handed over and not done, by operation)")
+    shared, unshared = view.get("results_shared", 0), view.get("results_unshared", 0)
+    lines.append(f"results put in the cluster's bucket {shared}, left out {unshared}")
     return "\n".join(lines)

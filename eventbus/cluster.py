@@ -16,6 +16,8 @@ JetStream key-value buckets named after ``cluster_name`` (``<name>`` below):
 - ``<name>_schedules``: the last due time run of each periodic schedule. Only
   the leader runs schedules; it writes each due time as it runs it, and a
   daemon that takes the lease over starts after those.
+- ``<name>_results``: the final view of each task submitted to any daemon
+  (:mod:`eventbus.cluster_results`), so any daemon answers about it.
 
 NATS unreachable: the daemon serves locally as before (it runs no schedule
 while it holds no lease), says so in ``status`` and ``cluster``, and
@@ -29,13 +31,14 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from distributor.actions import Spill
 from eventbus._version import __version__
+from eventbus.cluster_results import ResultShelf
 from eventbus.cluster_tasks import TaskExchange
 from eventbus.errors import ConfigError
 
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
     from nats.js.kv import KeyValue
 
+    from distributor.models import TaskInfo
     from eventbus.service import Service
     from eventbus.settings import DaemonSettings
 
@@ -87,6 +91,8 @@ class Cluster:
         self.leader: str | None = None
         #: the records of the daemons in the cluster, as last read
         self.hosts: list[dict[str, Any]] = []
+        #: tasks in the cluster's stream by operation, as last read
+        self.depths: dict[str, int] = {}
         self.last_error: str | None = None
         self._nc: Nats | None = None
         self._hosts: KeyValue | None = None
@@ -97,7 +103,9 @@ class Cluster:
         self._shared: dict[str, float] = {}
         self._started_at = clock()
         self._exchange: TaskExchange | None = None
+        self._results: ResultShelf | None = None
         self._remote: frozenset[str] = frozenset()
+        self._busy: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -115,7 +123,11 @@ class Cluster:
             "leader": self.leader,
             "is_leader": self.is_leader,
             "last_error": self.last_error,
+            "results_shared": self._results.shared if self._results else 0,
+            "results_unshared": self._results.unshared if self._results else 0,
             "hosts": self.hosts,
+            "stream": f"{self.name}_tasks",
+            "stream_depths": self.depths,
         }
 
     # ---- the loop ------------------------------------------------------
@@ -161,6 +173,8 @@ class Cluster:
         self._hosts = await self._bucket(js, "hosts", 3 * beat)
         self._lease = await self._bucket(js, "leader", ttl)
         self._dues = await self._bucket(js, "schedules", None)
+        results = await self._bucket(js, "results", self._settings.result_ttl_s)
+        self._results = ResultShelf(self._nc, results, f"{self.name}_results")
         exchange = TaskExchange(
             self._nc,
             js,
@@ -221,6 +235,7 @@ class Cluster:
             self._service.perform(distributor.set_remote_offers(remote, self._clock()))
         if self._exchange is not None:
             self._exchange.sync(set(distributor.registry.operations()))
+            self.depths = await self._exchange.depths()
 
     def _record(self) -> dict[str, Any]:
         """This daemon's record in ``<name>_hosts``."""
@@ -327,14 +342,41 @@ class Cluster:
         self._service.perform(distributor.set_remote_offers(self._remote, now))
 
     def finished(self, task_id: str) -> None:
-        """A task is final here (its result may belong to another daemon)."""
-        if self._exchange is not None:
-            self._exchange.finished(task_id)
+        """A task is final here: its result goes back to the daemon that spilled it, or to the results bucket."""
+        if self._exchange is not None and self._exchange.finished(task_id):
+            return
+        if self._results is not None and self.connected:
+            self._results.put(self._service.distributor.get(task_id))
+
+    def lookup(self, task_id: str, answer: Callable[[TaskInfo | None], None]) -> bool:
+        """Look a task up in the results bucket, then call ``answer``; False (and no call) when NATS is away."""
+        shelf = self._results
+        if shelf is None or not self.connected:
+            return False
+
+        async def find() -> None:
+            try:
+                info = await shelf.lookup(task_id)
+            except Exception as exc:  # NATS went away meanwhile
+                log.debug("looking %s up in the cluster: %s", task_id, exc)
+                info = None
+            answer(info)
+
+        self._background(find())
+        return True
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._busy.add(task)
+        task.add_done_callback(self._busy.discard)
 
     async def _disconnect(self) -> None:
         if self._exchange is not None:
             self._exchange.stop()
             self._exchange = None
+        if self._results is not None:
+            self._results.stop()
+            self._results = None
         nc, self._nc = self._nc, None
         if nc is not None:
             try:

@@ -129,6 +129,15 @@ class TaskExchange:
             )
             await self._js.add_stream(config)
 
+    async def depths(self) -> dict[str, int]:
+        """Tasks in the stream by operation (handed to the cluster and not done yet), as JetStream counts them."""
+        info = await self._js.stream_info(self.stream, subjects_filter=f"{self.name}.task.>")
+        found: dict[str, int] = {}
+        for subject, count in (info.state.subjects or {}).items():
+            operation = subject.split(".")[2]  # (<name>.task.<operation>.<priority>: none of them has a dot)
+            found[operation] = found.get(operation, 0) + count
+        return found
+
     def stop(self) -> None:
         for task in [*self._pullers.values(), *self._busy, *([self._keeper] if self._keeper else [])]:
             task.cancel()
@@ -263,10 +272,10 @@ class TaskExchange:
         self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
         service.perform(actions)
 
-    def finished(self, local_id: str) -> None:
-        """A task is final here: if another daemon spilled it, its result goes back there."""
+    def finished(self, local_id: str) -> bool:
+        """A task is final here: if another daemon spilled it, its result goes back there (and True)."""
         if local_id not in self._foreign:
-            return
+            return False
         info = self._service.distributor.get(local_id)
         foreign = self._foreign[local_id]
         result = info.result
@@ -282,6 +291,7 @@ class TaskExchange:
             }
         fields.update(task_id=foreign.task_id, attempt=foreign.attempt)
         self._background(self._send_result(local_id, fields))
+        return True
 
     async def _send_result(self, local_id: str, result: dict[str, Any]) -> None:
         """Publish a result to its origin's stream, then acknowledge the task's message (it was run)."""

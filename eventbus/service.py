@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from distributor import (
@@ -556,8 +557,21 @@ class Service:
     def _get(self, identity: bytes, env: Envelope, _: str) -> dict[str, Any] | None:
         body = m.parse(m.GetBody, env.body)
         if not body.wait_s:
-            return self._view(body.task_id).model_dump()
+            try:
+                return self._view(body.task_id).model_dump()
+            except UnknownTask as exc:  # in a cluster another daemon may have had it: answered once looked up
+                answer = partial(self._found, identity, env, exc)
+                if self.cluster is None or not self.cluster.lookup(body.task_id, answer):
+                    raise
+                return None
         return self._hold(identity, env, body.task_id, body.wait_s)
+
+    def _found(self, identity: bytes, env: Envelope, missing: UnknownTask, info: TaskInfo | None) -> None:
+        """Answer a task looked up in the cluster's results: its view, or the ``not_found`` it was here."""
+        if info is None:
+            self._reply_error(identity, env, UnknownTask(f"{missing.message}; nor has the cluster's results bucket it"))
+        elif env.id:
+            self._reply(identity, env.id, env.topic, info.model_dump())
 
     def _answer(self, waiter: Waiter, task_id: str) -> None:
         try:

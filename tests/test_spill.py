@@ -142,3 +142,13 @@ def test_without_spilling_a_restored_spilled_attempt_is_over_and_the_task_queued
     back = restart(written(dist), 2.0)
     info = back.get(tid)
     assert info.state is TaskState.QUEUED and back.snapshot(2.0)["tasks_remote"] == 0
+
+
+def test_a_task_id_is_a_key_of_the_results_bucket() -> None:
+    from eventbus.cluster_results import result_key
+
+    assert result_key("3f2a9c") == "3f2a9c" and result_key("sched.beat.1700000000000") == "sched.beat.1700000000000"
+    assert result_key("t:a:2") == "t=a=2"
+    for odd in ("a..b", ".a", "a.", "..."):
+        key = result_key(odd)
+        assert key.startswith("h") and len(key) == 65 and key != result_key(odd + "x")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from eventbus.exitcodes import EXIT_OK
+from eventbus.exitcodes import EXIT_OK, EXIT_REJECTED
 from tests import nats
 from tests.e2e.conftest import Bus, wait_until
 
@@ -175,6 +175,14 @@ def test_a_task_only_another_host_can_run_runs_there_and_its_result_comes_back(t
     with a.client() as c:
         stats = c.stats()
     assert stats["tasks_spilled"] == 1 and stats["tasks_remote"] == 0
+    # b never had it under that id, yet answers about it: from the cluster's results bucket
+    tid = info["task_id"]
+    wait_until(lambda: b.ctl("task", tid).returncode == EXIT_OK, 10, "the result in the cluster's bucket")
+    shown = json.loads(b.ctl("--json", "task", tid).stdout)
+    assert shown["collector_id"] == "cb@b" and shown["result"]["value"] == {"n": 7} and shown["state"] == "succeeded"
+    missing = b.ctl("task", "no-such-task")
+    assert missing.returncode == EXIT_REJECTED and "nor has the cluster's results bucket it" in missing.stderr
+    assert int(view(a)["results_shared"]) >= 1
 
 
 def test_spilled_tasks_of_a_killed_daemon_finish_on_a_third_one_once_each(short_tmp: Path, nats_url: str) -> None:
@@ -190,6 +198,9 @@ def test_spilled_tasks_of_a_killed_daemon_finish_on_a_third_one_once_each(short_
             ids = [client.submit("sleep", {"seconds": 3}) for _ in range(6)]
             wait_until(lambda: all(client.get(t).state == "dispatched" for t in ids), 15, "the tasks to spill")
         wait_until(lambda: in_flight(b) == 6, 15, "b to run them")
+        # in the stream until done: the depth every daemon reads from JetStream
+        wait_until(lambda: view(c)["stream_depths"] == {"sleep": 6}, 10, "the stream's depth")
+        assert "stream eventbus_tasks: sleep 6" in a.ctl("cluster").stdout
         c.start_collector("cc", "demo", "--concurrency", "8")
         assert b.daemon is not None
         b.daemon.signal(signal.SIGKILL)
@@ -205,6 +216,7 @@ def test_spilled_tasks_of_a_killed_daemon_finish_on_a_third_one_once_each(short_
         with c.client() as client:
             ran_on_c = [t for t in client.tasks() if t.operation == "sleep"]
         assert len(ran_on_c) == 6 and stale == 0  # each ran once more, and one result came back for each
+        wait_until(lambda: view(a)["stream_depths"] == {}, 10, "an empty stream")
     finally:
         for bus in reversed(buses):
             bus.close()
