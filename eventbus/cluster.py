@@ -345,7 +345,7 @@ class Cluster:
         """A task is final here: its result goes back to the daemon that spilled it, or to the results bucket."""
         if self._exchange is not None and self._exchange.finished(task_id):
             return
-        if self._results is not None and self.connected:
+        if self._settings.cluster_share_results and self._results is not None and self.connected:
             self._results.put(self._service.distributor.get(task_id))
 
     def lookup(self, task_id: str, answer: Callable[[TaskInfo | None], None]) -> bool:

@@ -175,6 +175,11 @@ class DaemonSettings(_Settings):
         description="copies NATS keeps of the cluster's streams and buckets when they are made (3 on a "
         "3-node NATS cluster, so one node may die)",
     )
+    cluster_share_results: bool = Field(
+        default=True,
+        description="put each final task in the cluster's results bucket, so any daemon answers about it (costs "
+        "NATS one stored message per task)",
+    )
     cluster_heartbeat_s: float = Field(
         default=1.0, gt=0, le=60, description="how often this daemon refreshes its record and the leader lease"
     )
