@@ -45,12 +45,18 @@ def _run(path: Path, tasks: int, in_flight: int) -> dict[str, Any]:
         for chunk in range(0, tasks, in_flight):
             done.extend(client.run_many(specs[chunk : chunk + in_flight], timeout=60))
     seconds = time.perf_counter() - started
-    latencies = sorted((i.finished_at or 0) - i.created_at for i in done if not isinstance(i, EventBusError))
+    infos = [i for i in done if not isinstance(i, EventBusError)]
+    latencies = sorted((i.finished_at or 0) - i.created_at for i in infos)
+    # created -> dispatched (for a spilled task: handed to the cluster), and dispatched -> finished
+    waits = [(i.dispatched_at or i.created_at) - i.created_at for i in infos]
+    runs = [(i.finished_at or 0) - (i.dispatched_at or i.created_at) for i in infos]
     return {
         "tasks": len(latencies),
         "tasks_per_s": round(len(latencies) / seconds, 1),
         "p50_ms": round(1000 * statistics.median(latencies), 2),
         "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 2),
+        "dispatch_p50_ms": round(1000 * statistics.median(waits), 2),
+        "after_dispatch_p50_ms": round(1000 * statistics.median(runs), 2),
     }
 
 
@@ -67,7 +73,11 @@ def main() -> None:
         port = _free_port()
         (root / "js").mkdir()
         procs.append(
-            subprocess.Popen([nats_server, "-js", "-sd", str(root / "js"), "-a", "127.0.0.1", "-p", str(port)])
+            subprocess.Popen(
+                [nats_server, "-js", "-sd", str(root / "js"), "-a", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         )
         url = f"nats://127.0.0.1:{port}"
         paths = {}

@@ -38,6 +38,10 @@ class DistributorConfig:
     spill_after_s: float | None = None
     #: a spilled attempt's timeout is its timeout_ms plus this (the time to reach the other host and back)
     spill_grace_s: float = 10.0
+    #: (a cluster's ``shared`` mode, with spill_after_s 0) a task spills as soon as it is queued, before
+    #: local collectors are tried, when any host offers its operation (this one included: it runs it
+    #: through the cluster too)
+    spill_first: bool = False
 
     @classmethod
     def from_settings(cls, settings: object) -> DistributorConfig:

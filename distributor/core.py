@@ -424,13 +424,15 @@ class TaskDistributor:
         recovery.restore(self._m, tasks, parents=parents, last_serial=last_serial, collectors=collectors)
 
     def submit(
-        self, request: TaskRequest, now: float, *, owner: int | None = None, size: int = 0
+        self, request: TaskRequest, now: float, *, owner: int | None = None, size: int = 0, local: bool = False
     ) -> tuple[str, list[Action]]:
         """Accept a task; returns its id. Raises QueueFull, DuplicateTask or InvalidRequest.
 
         ``owner`` identifies the submitter for the host's own access rules (see
         :meth:`owner`); ``size`` is what the task costs in memory (the host's
         frame size), counted against ``max_queued_bytes`` until it finishes.
+        A ``local`` task runs on this host only: it is never spilled (a task
+        another host spilled here).
         A request repeating the ``idempotency_key`` of a task of the same owner
         submitted within ``idempotency_ttl_s`` returns that task's id and changes
         nothing (:meth:`find_idempotent` tells the two cases apart).
@@ -442,7 +444,7 @@ class TaskDistributor:
             known = self.find_idempotent(key, owner, now)
             if known is not None:
                 return known, m.flush()
-        task_id = m.accept(request, owner, size)
+        task_id = m.accept(request, owner, size, local=local)
         return task_id, m.flush()
 
     @_event

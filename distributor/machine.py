@@ -94,6 +94,8 @@ class TaskMachine:
         #: attempts running on other hosts, and the operations other hosts offer (see distributor.spill)
         self.remote_in_flight = 0
         self.remote: frozenset[str] = frozenset()
+        #: tasks queued in this event that spill when it ends (spill_after_s 0, or spill_first)
+        self.spill_now: list[TaskRecord] = []
         self._dispatches = 0
         self._serial = 0
         #: publish task and collector events; a host with no subscriber turns this off
@@ -156,6 +158,8 @@ class TaskMachine:
     def flush(self) -> list[Action]:
         """End of every event: dispatch what can be, forget old tasks, hand out the actions to carry out."""
         dirty, queue, has_room, limits = self._dirty, self.queue, self.registry.has_room, self.limits
+        if self.spill_now and self.config.spill_first:
+            spill.now(self)  # (shared mode: before local collectors are tried)
         while dirty:
             # one dispatch per operation per round, most urgent operation first (highest
             # priority, then longest waiting), so no operation takes every freed slot;
@@ -178,6 +182,8 @@ class TaskMachine:
             for operation in ready:
                 if self._pump_one(operation):
                     dirty.add(operation)
+        if self.spill_now:
+            spill.now(self)  # (what no local collector took just now)
         self._evict()
         self._calls += 1
         actions, self._actions = self._actions, []
@@ -343,7 +349,7 @@ class TaskMachine:
             parents.append(parent)
         return parents
 
-    def accept(self, request: TaskRequest, owner: int | None, size: int) -> str:
+    def accept(self, request: TaskRequest, owner: int | None, size: int, *, local: bool = False) -> str:
         """Take a new task (see :meth:`TaskDistributor.submit`); returns its id."""
         now = self._now
         task_id = request.task_id or self._new_task_id()
@@ -364,6 +370,7 @@ class TaskMachine:
         task = TaskRecord(
             request, task_id, created_at=created, serial=self._serial, constraints=constraints, owner=owner, size=size
         )
+        task.local = local
         self._hold(task, size)
         self._tasks[task_id] = task
         key = request.idempotency_key
@@ -421,7 +428,7 @@ class TaskMachine:
         self._to(task, TaskState.QUEUED, born=born)
         task.collector_id = None
         task.queued_at = self._now if since is None else since
-        if self.config.spill_after_s is not None:
+        if self.config.spill_after_s is not None and not task.local:
             spill.arm(self, task)
         if self.limits.clocks:
             task.limit_mark = self.limits.mark(task.request.operation, self._now)

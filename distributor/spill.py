@@ -29,10 +29,26 @@ REMOTE = "@cluster"
 
 
 def arm(m: TaskMachine, task: TaskRecord) -> None:
-    """A task was queued: look at it again after ``spill_after_s`` (only when spilling is on)."""
+    """A task was queued: look at it again after ``spill_after_s`` (only when spilling is on).
+
+    With ``spill_after_s`` 0 that is at the end of the event that queued it
+    (after local collectors were tried, or before with ``spill_first``),
+    without waiting for a timer's tick.
+    """
     after = m.config.spill_after_s
-    if after is not None and task.queued_at is not None:
+    if after is None or task.queued_at is None:
+        return
+    if after <= 0:
+        m.spill_now.append(task)
+    else:
         m._timers.add(task.queued_at + after, TimerKind.SPILL, task.task_id, task.serial, task.attempt)
+
+
+def now(m: TaskMachine) -> None:
+    """The end of an event: spill the tasks it queued that are still queued (see :func:`arm`)."""
+    tasks, m.spill_now = m.spill_now, []
+    for task in tasks:
+        due(m, task)
 
 
 def due(m: TaskMachine, task: TaskRecord) -> None:
@@ -55,9 +71,10 @@ def offered(m: TaskMachine, operations: frozenset[str]) -> None:
         return
     late = m._now - after + 1e-9
     due_ids = []
+    tasks = m._tasks
     for task_id, operation in m.queue.queued():
-        queued_at = m._tasks[task_id].queued_at
-        if operation in new and queued_at is not None and queued_at <= late:
+        queued_at = tasks[task_id].queued_at
+        if operation in new and queued_at is not None and queued_at <= late and not tasks[task_id].local:
             due_ids.append(task_id)
     for task_id in due_ids:
         _spill(m, m._tasks[task_id])

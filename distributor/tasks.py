@@ -34,6 +34,8 @@ class TaskRecord:
     retry_at: float | None = None
     #: the host's own mark: its store has the task's row (later changes write only its state)
     stored: bool = False
+    #: runs on this host only, never spilled (a task another host spilled here)
+    local: bool = False
     result: TaskResult | None = None
     #: encoded size of ``result`` as the host received it (0: not known)
     result_size: int = 0

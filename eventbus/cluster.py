@@ -74,8 +74,6 @@ class Cluster:
     def __init__(self, settings: DaemonSettings, service: Service, clock: Callable[[], float] = time.time) -> None:
         if not settings.cluster_nats_url:
             raise ConfigError("clustering needs cluster_nats_url")
-        if settings.cluster_mode == "shared":
-            raise ConfigError("cluster_mode shared is not available yet (docs/CLUSTER.md); use overflow")
         try:
             import nats  # noqa: F401
         except ImportError as exc:
@@ -229,7 +227,9 @@ class Cluster:
         await self._hosts.put(self.node, msgpack.packb(self._record()))
         self.hosts = await self._read_hosts()
         distributor = self._service.distributor
-        remote = frozenset(op for h in self.hosts if h["node"] != self.node for op in h["operations"])
+        # (in shared mode this daemon's collectors, too, take its tasks from the cluster)
+        shared = self._settings.cluster_mode == "shared"
+        remote = frozenset(op for h in self.hosts if shared or h["node"] != self.node for op in h["operations"])
         if remote != self._remote:
             self._remote = remote
             self._service.perform(distributor.set_remote_offers(remote, self._clock()))

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -94,6 +95,8 @@ class TaskExchange:
         self._foreign: dict[str, Foreign] = {}
         self._busy: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
+        #: set when a task here ends (a slot may be free): the pullers of full operations wait for it
+        self._room = asyncio.Event()
 
     async def start(self) -> None:
         """Make sure the streams exist, and read the results of the tasks spilled from here."""
@@ -200,16 +203,23 @@ class TaskExchange:
             sub = await self._js.pull_subscribe(
                 f"{self.name}.task.{operation}.*", durable=f"{self.name}_{operation}", stream=self.stream, config=config
             )
+            drained = True  # (the last fetch got fewer than it asked for)
             while True:
                 free = self._free_slots(operation)
                 if free <= 0:
-                    await asyncio.sleep(0.05)
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):  # (a slot may free without a task ending here)
+                        await asyncio.wait_for(self._room.wait(), 0.05)
                     continue
+                # nats-py takes what is there at once, but waits for a whole batch when there was nothing: after
+                # an empty stream ask for one task, which comes as soon as it is published, then for the rest
+                want = 1 if drained else min(free, MAX_FETCH)
                 asked = loop.time()
                 try:
-                    messages = await sub.fetch(min(free, MAX_FETCH), timeout=FETCH_WAIT_S)
+                    messages = await sub.fetch(want, timeout=FETCH_WAIT_S)
                 except (TimeoutError, nats.errors.TimeoutError):
                     messages = []
+                drained = len(messages) < want
                 if not messages:
                     # nats-py may answer an empty fetch at once (with [] or an error): wait its time out anyway,
                     # or this loop spins
@@ -261,7 +271,7 @@ class TaskExchange:
         fields["metadata"] = {**(fields.get("metadata") or {}), "origin": origin, "origin_task_id": task_id}
         try:
             request = TaskRequest.model_validate(fields)
-            _, actions = service.distributor.submit(request, self._clock(), size=len(msg.data))
+            _, actions = service.distributor.submit(request, self._clock(), size=len(msg.data), local=True)
         except (ValidationError, EventBusError) as exc:
             if getattr(exc, "code", "") == "queue_full":
                 self._background(msg.nak(delay=1.0))
@@ -274,6 +284,7 @@ class TaskExchange:
 
     def finished(self, local_id: str) -> bool:
         """A task is final here: if another daemon spilled it, its result goes back there (and True)."""
+        self._room.set()
         if local_id not in self._foreign:
             return False
         info = self._service.distributor.get(local_id)

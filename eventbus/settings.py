@@ -260,8 +260,16 @@ class DaemonSettings(_Settings):
 
     @property
     def spill_after_s(self) -> float | None:
-        """The distributor's ``spill_after_s``: cluster_spill_after_ms in seconds, None without a cluster."""
-        return self.cluster_spill_after_ms / 1000.0 if self.cluster_nats_url else None
+        """The distributor's ``spill_after_s``: cluster_spill_after_ms in seconds (0 in shared mode), None without
+        a cluster."""
+        if not self.cluster_nats_url:
+            return None
+        return 0.0 if self.spill_first else self.cluster_spill_after_ms / 1000.0
+
+    @property
+    def spill_first(self) -> bool:
+        """The distributor's ``spill_first``: in a cluster's shared mode every task goes through the cluster."""
+        return bool(self.cluster_nats_url) and self.cluster_mode == "shared"
 
     @property
     def spill_grace_s(self) -> float:

@@ -14,7 +14,8 @@ def spills(actions: list[Action]) -> list[Spill]:
 
 
 def cluster(**config: object) -> TaskDistributor:
-    dist = TaskDistributor(DistributorConfig(spill_after_s=0.5, spill_grace_s=5.0, **config))  # type: ignore[arg-type]
+    config = {"spill_after_s": 0.5, "spill_grace_s": 5.0, **config}
+    dist = TaskDistributor(DistributorConfig(**config))  # type: ignore[arg-type]
     dist.set_remote_offers(frozenset({"echo"}), 0.0)
     return dist
 
@@ -152,3 +153,38 @@ def test_a_task_id_is_a_key_of_the_results_bucket() -> None:
     for odd in ("a..b", ".a", "a.", "..."):
         key = result_key(odd)
         assert key.startswith("h") and len(key) == 65 and key != result_key(odd + "x")
+
+
+def test_with_spill_after_zero_a_task_no_local_collector_takes_spills_in_the_event_that_queued_it() -> None:
+    dist = cluster(spill_after_s=0.0)
+    dist.register(cap("c1", slots=1), 0.0)
+    first, actions = dist.submit(TaskRequest(operation="echo"), 0.0)
+    assert spills(actions) == [] and dist.get(first).collector_id == "c1"  # local room: taken here
+    second, actions = dist.submit(TaskRequest(operation="echo"), 0.0)
+    (s,) = spills(actions)  # no room left here: handed over at once, no timer tick needed
+    assert s.task.task_id == second and dist.get(second).collector_id == REMOTE
+
+
+def test_in_shared_mode_a_task_spills_before_local_collectors_are_tried() -> None:
+    dist = cluster(spill_after_s=0.0, spill_first=True)
+    dist.register(cap("c1", slots=4), 0.0)
+    tid, actions = dist.submit(TaskRequest(operation="echo"), 0.0)
+    assert dispatches(actions) == [] and [s.task.task_id for s in spills(actions)] == [tid]
+
+
+def test_in_shared_mode_a_task_nobody_offers_spills_once_a_host_offers_it() -> None:
+    dist = TaskDistributor(DistributorConfig(spill_after_s=0.0, spill_first=True))
+    tid, actions = dist.submit(TaskRequest(operation="echo"), 0.0)
+    assert spills(actions) == [] and dist.state(tid) is TaskState.QUEUED
+    (s,) = spills(dist.set_remote_offers(frozenset({"echo"}), 1.0))
+    assert s.task.task_id == tid
+
+
+def test_a_task_another_host_spilled_here_runs_here_and_never_spills_again() -> None:
+    dist = cluster(spill_after_s=0.0, spill_first=True)
+    tid, actions = dist.submit(TaskRequest(operation="echo"), 0.0, local=True)
+    assert spills(actions) == [] and spills(dist.tick(5.0)) == []
+    assert spills(dist.set_remote_offers(frozenset(), 6.0)) == []
+    assert spills(dist.set_remote_offers(frozenset({"echo"}), 6.0)) == []  # offered again: still not spilled
+    (d,) = dispatches(dist.register(cap("c1"), 7.0))
+    assert d.task.task_id == tid and dist.get(tid).collector_id == "c1"

@@ -302,3 +302,27 @@ def test_a_nats_node_killed_under_load_loses_no_acknowledged_task(short_tmp: Pat
         finally:
             for bus in (a, b):
                 bus.close()
+
+
+def test_in_shared_mode_every_task_goes_through_the_stream_and_any_daemon_runs_it(
+    short_tmp: Path, nats_url: str
+) -> None:
+    shared = {"EVENTBUS_CLUSTER_MODE": "shared"}
+    a = node(short_tmp, "a", nats_url, env=shared)
+    b = node(short_tmp, "b", nats_url, env=shared)
+    try:
+        a.start_collector("ca", "demo", "--concurrency", "4")
+        b.start_collector("cb", "demo", "--concurrency", "4")
+        wait_until(lambda: offers(a, "a", "sleep") and offers(a, "b", "sleep"), 10, "both hosts' records")
+        time.sleep(1.0)
+        with a.client() as client:
+            ids = [client.submit("sleep", {"seconds": 0.5}) for _ in range(16)]
+            infos = [client.wait(t, timeout=30) for t in ids]
+            stats = client.stats()
+        assert [i.state for i in infos] == ["succeeded"] * 16
+        ran_on = {i.collector_id for i in infos}
+        assert ran_on == {"ca@a", "cb@b"}, ran_on  # a's own collector, too, took them from the stream
+        assert stats["tasks_spilled"] == 16 and "(shared)" in a.ctl("status").stdout
+    finally:
+        for bus in (a, b):
+            bus.close()
