@@ -1,4 +1,4 @@
-"""Tasks across hosts (a cluster's ``overflow`` mode): spilled tasks out, other hosts' tasks in, results back.
+"""Tasks across hosts: spilled tasks out, other hosts' tasks in, results back.
 
 - Out: the distributor spills a task that no local collector took within
   ``cluster_spill_after_ms`` to the cluster (:class:`~distributor.actions.Spill`):
@@ -7,10 +7,10 @@
   ``<task id>:<attempt>`` (a repeated publish is dropped), and counts as
   handed over once JetStream acknowledged it. A publish that fails puts the
   task back in the local queue.
-- In: for each operation its collectors offer, a daemon pulls from the durable
-  consumer ``<name>_<operation>`` (one per operation, shared by every daemon)
-  as many tasks as its collectors have free slots. Each runs here as a local
-  task. While it runs the daemon tells JetStream it is in progress every third
+- In: for each operation its collectors offer, a daemon takes as many tasks as
+  its collectors have free slots, highest priority first
+  (:mod:`eventbus.cluster_pull`). Each runs here as a local task (never spilled
+  again). While it runs the daemon tells JetStream it is in progress every third
   of ``cluster_ack_wait_s``; if the daemon dies, another one gets the message
   once that time has passed.
   A message delivered more than the origin's ``max_retries`` + 1 times (the
@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from pydantic import ValidationError
 
 from distributor.actions import Spill
 from distributor.models import CollectorStatus, ErrorInfo, TaskRequest, TaskResult, TaskState
+from eventbus.cluster_pull import Puller
 from eventbus.errors import EventBusError
 
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: tasks pulled at most per fetch
-MAX_FETCH = 16
-#: how long an empty fetch waits (it always costs its whole timeout)
-FETCH_WAIT_S = 0.5
 #: tries to publish a result before the task's message is left to be delivered again
 RESULT_TRIES = 8
 
@@ -91,12 +87,12 @@ class TaskExchange:
         self._clock = clock
         self.stream = f"{name}_tasks"
         self.returns = f"{name}_returns"
-        self._pullers: dict[str, asyncio.Task[None]] = {}
+        self._puller = Puller(
+            nc, js, name=name, stream=self.stream, ack_wait_s=ack_wait_s, free=self._free_slots, take=self._take
+        )
         self._foreign: dict[str, Foreign] = {}
         self._busy: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
-        #: set when a task here ends (a slot may be free): the pullers of full operations wait for it
-        self._room = asyncio.Event()
 
     async def start(self) -> None:
         """Make sure the streams exist, and read the results of the tasks spilled from here."""
@@ -114,6 +110,7 @@ class TaskExchange:
             config=config,
         )
         self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress())
+        await self._puller.start()
 
     async def _stream(self, name: str, subjects: str, max_age: float | None) -> None:
         """A work-queue stream on file, made here unless it exists (another daemon may make it at once, alike)."""
@@ -142,9 +139,9 @@ class TaskExchange:
         return found
 
     def stop(self) -> None:
-        for task in [*self._pullers.values(), *self._busy, *([self._keeper] if self._keeper else [])]:
+        self._puller.stop()
+        for task in [*self._busy, *([self._keeper] if self._keeper else [])]:
             task.cancel()
-        self._pullers.clear()
 
     # ---- out -----------------------------------------------------------
 
@@ -162,6 +159,7 @@ class TaskExchange:
             await self._js.publish(
                 subject, msgpack.packb(body), timeout=5, headers={"Nats-Msg-Id": f"{task_id}:{action.attempt}"}
             )
+            await self._nc.publish(f"{self.name}.nudge.{request.operation}", b"")  # (daemons waiting: look now)
         except Exception as exc:  # NATS away, or the stream refused it
             log.warning("cluster %s: task %s could not be handed over (%s); it stays here", self.name, task_id, exc)
             service = self._service
@@ -183,55 +181,8 @@ class TaskExchange:
     # ---- in ------------------------------------------------------------
 
     def sync(self, offered: set[str]) -> None:
-        """Pull for each operation local collectors offer, and only those."""
-        loop = asyncio.get_running_loop()
-        for operation in offered - self._pullers.keys():
-            self._pullers[operation] = loop.create_task(self._pull(operation))
-        for operation in self._pullers.keys() - offered:
-            self._pullers.pop(operation).cancel()
-        for operation, task in list(self._pullers.items()):
-            if task.done():  # (it failed: it is logged, and starts again)
-                self._pullers[operation] = loop.create_task(self._pull(operation))
-
-    async def _pull(self, operation: str) -> None:
-        import nats.errors
-        from nats.js.api import AckPolicy, ConsumerConfig
-
-        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self._ack_wait, max_deliver=-1)
-        loop = asyncio.get_running_loop()
-        try:
-            sub = await self._js.pull_subscribe(
-                f"{self.name}.task.{operation}.*", durable=f"{self.name}_{operation}", stream=self.stream, config=config
-            )
-            drained = True  # (the last fetch got fewer than it asked for)
-            while True:
-                free = self._free_slots(operation)
-                if free <= 0:
-                    self._room.clear()
-                    with contextlib.suppress(TimeoutError):  # (a slot may free without a task ending here)
-                        await asyncio.wait_for(self._room.wait(), 0.05)
-                    continue
-                # nats-py takes what is there at once, but waits for a whole batch when there was nothing: after
-                # an empty stream ask for one task, which comes as soon as it is published, then for the rest
-                want = 1 if drained else min(free, MAX_FETCH)
-                asked = loop.time()
-                try:
-                    messages = await sub.fetch(want, timeout=FETCH_WAIT_S)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    messages = []
-                drained = len(messages) < want
-                if not messages:
-                    # nats-py may answer an empty fetch at once (with [] or an error): wait its time out anyway,
-                    # or this loop spins
-                    await asyncio.sleep(max(0.0, FETCH_WAIT_S - (loop.time() - asked)))
-                    continue
-                for msg in messages:
-                    self._take(msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("cluster %s: pulling %s tasks stopped: %s", self.name, operation, exc)
-            await asyncio.sleep(1.0)
+        """Take the tasks of the operations local collectors offer, and only those."""
+        self._puller.offer(frozenset(offered))
 
     def _free_slots(self, operation: str) -> int:
         """Slots of available collectors offering ``operation`` not taken, less what is queued here for it."""
@@ -284,7 +235,7 @@ class TaskExchange:
 
     def finished(self, local_id: str) -> bool:
         """A task is final here: if another daemon spilled it, its result goes back there (and True)."""
-        self._room.set()
+        self._puller.room()
         if local_id not in self._foreign:
             return False
         info = self._service.distributor.get(local_id)

@@ -326,3 +326,24 @@ def test_in_shared_mode_every_task_goes_through_the_stream_and_any_daemon_runs_i
     finally:
         for bus in (a, b):
             bus.close()
+
+
+def test_a_higher_priority_task_spilled_behind_many_lower_ones_is_taken_first(short_tmp: Path, nats_url: str) -> None:
+    a = node(short_tmp, "a", nats_url, env={"EVENTBUS_CLUSTER_SPILL_AFTER_MS": "0"})
+    b = node(short_tmp, "b", nats_url)
+    try:
+        b.start_collector("cb", "demo", "--concurrency", "1")
+        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+        time.sleep(1.0)
+        with a.client() as client:
+            low = [client.submit("sleep", {"seconds": 0.1}, priority=1) for _ in range(20)]
+            wait_until(lambda: int(client.stats()["tasks_spilled"]) == 20, 15, "the low ones to spill")
+            high = client.submit("sleep", {"seconds": 0.1}, priority=9)
+            lows = [client.wait(t, timeout=30) for t in low]
+            top = client.wait(high, timeout=30)
+        assert top.state == "succeeded" and all(i.state == "succeeded" for i in lows)
+        after = sum(1 for i in lows if (i.finished_at or 0) > (top.finished_at or 0))
+        assert after >= 17, after  # taken at b's next free slot, not after the 20 published before it
+    finally:
+        for bus in (a, b):
+            bus.close()
