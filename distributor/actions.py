@@ -21,7 +21,11 @@ class Dispatch:
 
 @dataclass(slots=True, frozen=True)
 class Cancel:
-    """Tell a collector to stop running an attempt (timeout, deadline, user cancel, orphan)."""
+    """Tell a collector to stop running an attempt (timeout, deadline, user cancel, orphan).
+
+    ``collector_id`` :data:`~distributor.spill.REMOTE`: the attempt was spilled,
+    and the host tells the cluster (whichever host runs it stops it).
+    """
 
     collector_id: str
     task_id: str

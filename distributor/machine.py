@@ -450,7 +450,8 @@ class TaskMachine:
     def _stop(self, task: TaskRecord, reason: str) -> None:
         """Take a non-final task out of the queue, off its collector, or out of pending."""
         if task.in_flight and task.collector_id == spill.REMOTE:
-            spill.ended(self, task)  # (its host runs it to the end; the result will be stale)
+            spill.ended(self, task)  # (the host asks whoever runs it to stop; a result still sent is stale)
+            self._actions.append(Cancel(spill.REMOTE, task.task_id, task.attempt, reason))
         elif task.in_flight and task.collector_id is not None:
             self._actions.append(Cancel(task.collector_id, task.task_id, task.attempt, reason))
             state = self.registry.find(task.collector_id)

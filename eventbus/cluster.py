@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from distributor.actions import Spill
+from distributor.actions import Cancel, Spill
 from eventbus._version import __version__
 from eventbus.cluster_results import ResultShelf
 from eventbus.cluster_tasks import TaskExchange
@@ -340,6 +340,11 @@ class Cluster:
         # nothing spills while NATS is away; the next heartbeat in touch with it offers the operations again
         self._remote = frozenset()
         self._service.perform(distributor.set_remote_offers(self._remote, now))
+
+    def cancel(self, action: Cancel) -> None:
+        """A spilled attempt is over here (cancel, timeout, deadline): whichever daemon runs it is to stop it."""
+        if self._exchange is not None and self.connected:
+            self._exchange.cancel(action)
 
     def finished(self, task_id: str) -> None:
         """A task is final here: its result goes back to the daemon that spilled it, or to the results bucket."""

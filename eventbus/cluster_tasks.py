@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from pydantic import ValidationError
 
-from distributor.actions import Spill
+from distributor.actions import Cancel, Spill
 from distributor.models import CollectorStatus, ErrorInfo, TaskRequest, TaskResult, TaskState
 from eventbus.cluster_pull import Puller
 from eventbus.errors import EventBusError
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: tries to publish a result before the task's message is left to be delivered again
 RESULT_TRIES = 8
+#: attempts cancelled by their origin that no daemon had taken yet, remembered at most (the oldest go first)
+MAX_CANCELLED = 10_000
 
 
 @dataclass(slots=True)
@@ -91,6 +94,7 @@ class TaskExchange:
             nc, js, name=name, stream=self.stream, ack_wait_s=ack_wait_s, free=self._free_slots, take=self._take
         )
         self._foreign: dict[str, Foreign] = {}
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._busy: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -109,6 +113,7 @@ class TaskExchange:
             manual_ack=True,
             config=config,
         )
+        await self._nc.subscribe(f"{self.name}.cancel", cb=self._on_cancel)
         self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress())
         await self._puller.start()
 
@@ -165,6 +170,27 @@ class TaskExchange:
             service = self._service
             service.perform(service.distributor.remote_unsent(task_id, action.attempt, self._clock()))
 
+    def cancel(self, action: Cancel) -> None:
+        """Tell every daemon that a spilled attempt is over here: the one running it stops it."""
+        body = {"task_id": action.task_id, "attempt": action.attempt, "origin": self.node, "reason": action.reason}
+        self._background(self._nc.publish(f"{self.name}.cancel", msgpack.packb(body)))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            body = msgpack.unpackb(msg.data)
+            local_id = _local_id(str(body["task_id"]), str(body["origin"]), int(body["attempt"]))
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            log.warning("cluster %s: a cancel that does not read: %s", self.name, exc)
+            return
+        if local_id not in self._foreign:  # not taken (yet): whoever takes its message drops it
+            self._cancelled[local_id] = None
+            while len(self._cancelled) > MAX_CANCELLED:
+                self._cancelled.popitem(last=False)
+            return
+        distributor = self._service.distributor
+        if not distributor.state(local_id).terminal:  # (its result goes back, and is stale there)
+            self._service.perform(distributor.cancel(local_id, self._clock()))
+
     async def _on_result(self, msg: Msg) -> None:
         try:
             body = msgpack.unpackb(msg.data)
@@ -211,6 +237,10 @@ class TaskExchange:
             self._background(msg.term())
             return
         local_id = _local_id(task_id, origin, attempt)
+        if local_id in self._cancelled:  # its origin gave this attempt up before anyone took it
+            del self._cancelled[local_id]
+            self._background(msg.ack())
+            return
         if local_id in self._foreign:  # delivered again while it runs here: keep the newer message
             self._foreign[local_id].msg = msg
             return

@@ -33,6 +33,7 @@ from distributor import (
 )
 from distributor.actions import Spill
 from distributor.models import TaskInfo
+from distributor.spill import REMOTE
 from distributor.strategies import STRATEGIES
 from distributor.tasks import idempotency_scope
 from eventbus import messages as m
@@ -344,6 +345,9 @@ class Service:
                 # undeliverable: treat the collector as dead until it heartbeats again,
                 # so its attempts are redelivered now instead of after a timeout
                 work.extend(self.distributor.suspect(action.collector_id, self._clock()))
+            elif isinstance(action, Cancel) and action.collector_id == REMOTE:
+                if self.cluster is not None:
+                    self.cluster.cancel(action)
             elif isinstance(action, Cancel):
                 self._to_collector(
                     action.collector_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from distributor import DistributorConfig, ErrorInfo, TaskDistributor, TaskRequest, TaskResult, TaskState
-from distributor.actions import Action, Spill
+from distributor.actions import Action, Cancel, Spill
 from distributor.spill import REMOTE
 from tests.test_distributor import cap, dispatches
 from tests.test_recovery import restart, written
@@ -98,11 +98,12 @@ def test_a_failed_remote_attempt_uses_a_retry_and_an_unsent_one_does_not() -> No
     assert dist.state(tid) is TaskState.RETRYING and dist.get(tid).retries == 1
 
 
-def test_cancelling_a_spilled_task_ends_its_remote_attempt() -> None:
+def test_cancelling_a_spilled_task_ends_its_remote_attempt_and_asks_the_cluster_to_stop_it() -> None:
     dist = cluster()
     tid, _ = dist.submit(TaskRequest(operation="echo"), 0.0)
     dist.tick(0.5)
-    dist.cancel(tid, 0.6)
+    actions = dist.cancel(tid, 0.6)
+    assert [a for a in actions if isinstance(a, Cancel)] == [Cancel(REMOTE, tid, 1, "cancelled")]
     assert dist.state(tid) is TaskState.CANCELLED and dist.snapshot(0.6)["tasks_remote"] == 0
     dist.remote_result(remote(tid, 1), "b", 0.7)
     assert dist.state(tid) is TaskState.CANCELLED

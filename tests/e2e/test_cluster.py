@@ -347,3 +347,39 @@ def test_a_higher_priority_task_spilled_behind_many_lower_ones_is_taken_first(sh
     finally:
         for bus in (a, b):
             bus.close()
+
+
+def test_cancelling_a_spilled_task_stops_it_on_the_host_running_it(two: tuple[Bus, Bus]) -> None:
+    a, b = two
+    b.start_collector("cb", "demo")
+    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+    time.sleep(1.0)
+    with a.client() as client:
+        tid = client.submit("sleep", {"seconds": 60}, timeout_ms=120_000)
+    wait_until(lambda: in_flight(b) == 1, 15, "b to run it")
+    out = a.ctl("cancel", tid)
+    assert out.returncode == EXIT_OK, out.stderr
+    wait_until(lambda: in_flight(b) == 0, 10, "b to stop it")
+    with b.client() as client:
+        (ran,) = [t for t in client.tasks() if t.operation == "sleep"]
+    assert ran.state == "cancelled"
+    with a.client() as client:
+        assert client.get(tid).state == "cancelled" and client.stats()["tasks_remote"] == 0
+
+
+def test_a_spilled_task_cancelled_before_any_host_took_it_is_dropped_unrun(two: tuple[Bus, Bus]) -> None:
+    a, b = two
+    b.start_collector("cb", "demo", "--concurrency", "1")
+    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+    time.sleep(1.0)
+    with a.client() as client:
+        first = client.submit("sleep", {"seconds": 2})
+        wait_until(lambda: in_flight(b) == 1, 15, "b to run the first")
+        second = client.submit("sleep", {"seconds": 0.1})
+        wait_until(lambda: client.get(second).state == "dispatched", 10, "the second to spill")
+        client.cancel(second)
+        assert client.wait(first, timeout=20).state == "succeeded"
+    wait_until(lambda: view(a)["stream_depths"] == {}, 10, "the second's message to be dropped")
+    with b.client() as client:
+        ran = [t for t in client.tasks() if t.operation == "sleep"]
+    assert len(ran) == 1 and ran[0].state == "succeeded"
