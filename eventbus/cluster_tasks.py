@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from distributor.actions import Cancel, Spill
 from distributor.models import CollectorStatus, ErrorInfo, TaskRequest, TaskResult, TaskState
 from eventbus.cluster_pull import Puller
-from eventbus.errors import EventBusError
+from eventbus.errors import DuplicateTask, EventBusError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as Nats
@@ -253,6 +253,11 @@ class TaskExchange:
         try:
             request = TaskRequest.model_validate(fields)
             _, actions = service.distributor.submit(request, self._clock(), size=len(msg.data), local=True)
+        except DuplicateTask:  # this daemon took it before it restarted: it kept the task, which sends its result
+            self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
+            if service.distributor.state(local_id).terminal:
+                self.finished(local_id)
+            return
         except (ValidationError, EventBusError) as exc:
             if getattr(exc, "code", "") == "queue_full":
                 self._background(msg.nak(delay=1.0))

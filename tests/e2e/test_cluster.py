@@ -383,3 +383,26 @@ def test_a_spilled_task_cancelled_before_any_host_took_it_is_dropped_unrun(two: 
     with b.client() as client:
         ran = [t for t in client.tasks() if t.operation == "sleep"]
     assert len(ran) == 1 and ran[0].state == "succeeded"
+
+
+def test_a_daemon_restarted_while_running_a_spilled_task_still_sends_its_result(short_tmp: Path, nats_url: str) -> None:
+    quick = {"EVENTBUS_CLUSTER_ACK_WAIT_S": "2"}
+    a = node(short_tmp, "a", nats_url, env=quick)
+    b = node(short_tmp, "b", nats_url, env=quick)
+    try:
+        b.start_collector("cb", "demo")
+        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+        time.sleep(1.0)
+        with a.client() as client:
+            tid = client.submit("sleep", {"seconds": 2})
+        wait_until(lambda: in_flight(b) == 1, 15, "b to run it")
+        assert b.daemon is not None
+        b.daemon.signal(signal.SIGKILL)
+        b.daemon.wait(10)
+        b.start_daemon()  # it kept the task; the message comes back to it after the ack wait
+        with a.client() as client:
+            info = client.wait(tid, timeout=40)
+        assert (info.state, info.attempt, info.retries, info.collector_id) == ("succeeded", 1, 0, "cb@b"), info
+    finally:
+        for bus in (a, b):
+            bus.close()
