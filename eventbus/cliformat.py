@@ -212,6 +212,8 @@ def cluster_text(view: dict[str, Any]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    totals = view.get("totals") or {}
+    lines.append(", ".join(f"{n} {key.replace('_', ' ')}" for key, n in totals.items()))
     depths = view.get("stream_depths") or {}
     waiting = ", ".join(f"{op} {n}" for op, n in sorted(depths.items())) or "empty"
     lines.append(f"stream {view.get('stream')}: {waiting} (tasks handed over and not done, by operation)")

@@ -58,6 +58,8 @@ LEASE_KEY = "leader"
 MAX_BACKOFF_S = 10.0
 #: how often the leader looks for schedule runs to share (they are written as soon as seen)
 SHARE_EVERY_S = 0.05
+#: the figures of the host records that ``totals`` sums
+ROLLED_UP = ("collectors", "slots", "tasks_in_flight", "tasks_queued")
 
 
 def node_name(settings: DaemonSettings) -> str:
@@ -126,7 +128,13 @@ class Cluster:
             "hosts": self.hosts,
             "stream": f"{self.name}_tasks",
             "stream_depths": self.depths,
+            "totals": self.totals(),
         }
+
+    def totals(self) -> dict[str, int]:
+        """The cluster's figures summed over every host's record, and the tasks in the stream."""
+        sums = {key: sum(int(h.get(key, 0)) for h in self.hosts) for key in ROLLED_UP}
+        return {"hosts": len(self.hosts), **sums, "stream_tasks": sum(self.depths.values())}
 
     # ---- the loop ------------------------------------------------------
 

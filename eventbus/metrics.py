@@ -56,6 +56,7 @@ COUNTERS = {
     "store_failed_writes": "Writes to the state database that failed (and were retried).",
     "store_finished_dropped": "Finished tasks dropped from the state database (result_ttl_s, max_results, "
     "max_result_bytes).",
+    "tasks_spilled": "Attempts handed to other hosts of the cluster.",
 }
 
 #: gauges of ``stats`` exposed as ``eventbus_<key>``, with their help text
@@ -72,6 +73,7 @@ GAUGES = {
     "store_available": "1 while the state database can be written (0: submissions are refused storage_unavailable).",
     "store_finished_kept": "Finished tasks kept in the state database.",
     "store_finished_bytes": "Bytes of the finished tasks kept in the state database.",
+    "tasks_remote": "Attempts handed to other hosts of the cluster and not finished.",
 }
 
 #: the timing histograms: (name, help, attribute of distributor.timings.OperationTimings)
@@ -132,6 +134,8 @@ class ServiceCollector(Collector):
         yield from self._labelled_gauges(snap["queue_depths"])
         yield from _limit_metrics(snap["limits"])
         yield from self._histograms()
+        if self._service.cluster is not None:
+            yield from _cluster_metrics(self._service.cluster.view())
 
     def _labelled_gauges(self, depths: dict[str, int]) -> Iterator[Metric]:
         depth = GaugeMetricFamily(PREFIX + "queue_depth", "Tasks queued, by operation.", labels=["operation"])
@@ -159,6 +163,24 @@ class ServiceCollector(Collector):
                 histogram: Histogram = getattr(timings, attribute)
                 family.add_metric([operation], _buckets(histogram), histogram.sum)
             yield family
+
+
+def _cluster_metrics(view: dict[str, Any]) -> Iterator[Metric]:
+    """This daemon's link to the cluster; and, from the leader only (so a sum over daemons counts each once),
+    the cluster's totals."""
+    yield GaugeMetricFamily(PREFIX + "cluster_connected", "1 while connected to NATS.", value=int(view["connected"]))
+    leading = int(view["is_leader"])
+    yield GaugeMetricFamily(PREFIX + "cluster_leader", "1 while this daemon holds the lease.", value=leading)
+    if not view["is_leader"]:
+        return
+    for key, value in view["totals"].items():
+        doc = f"The cluster's {key.replace('_', ' ')}, summed over every host (exported by the leader only)."
+        yield GaugeMetricFamily(PREFIX + "cluster_" + key, doc, value=value)
+    doc = "Tasks in the cluster's stream, by operation (exported by the leader only)."
+    stream = GaugeMetricFamily(PREFIX + "cluster_stream_depth", doc, labels=["operation"])
+    for operation, n in sorted(_bounded(view["stream_depths"]).items()):
+        stream.add_metric([operation], n)
+    yield stream
 
 
 def _limit_metrics(limits: list[dict[str, Any]]) -> Iterator[Metric]:

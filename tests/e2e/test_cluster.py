@@ -73,6 +73,21 @@ def test_two_daemons_see_each_other_and_agree_on_one_leader(two: tuple[Bus, Bus]
     assert "cluster" in status.stdout and "node a, connected" in status.stdout
     shown = a.ctl("cluster")
     assert shown.returncode == EXIT_OK and "NODE" in shown.stdout and "ca" not in shown.stdout
+    assert view(a)["totals"] == {
+        "hosts": 2,
+        "collectors": 1,
+        "slots": hosts["a"]["slots"],
+        "tasks_in_flight": 0,
+        "tasks_queued": 0,
+        "stream_tasks": 0,
+    }
+    lead, follow = (a, b) if view(a)["is_leader"] else (b, a)
+    with lead.client() as c:
+        text = c.metrics()
+    assert "eventbus_cluster_hosts 2.0" in text and "eventbus_cluster_leader 1.0" in text
+    with follow.client() as c:
+        text = c.metrics()
+    assert "eventbus_cluster_hosts" not in text and "eventbus_cluster_connected 1.0" in text  # (counted once)
 
 
 def test_when_the_leader_is_killed_the_other_takes_over_within_the_lease(two: tuple[Bus, Bus]) -> None:
