@@ -58,6 +58,8 @@ LEASE_KEY = "leader"
 MAX_BACKOFF_S = 10.0
 #: how often the leader looks for schedule runs to share (they are written as soon as seen)
 SHARE_EVERY_S = 0.05
+#: the leader sweeps the stream for tasks past their deadline every this many heartbeats
+SWEEP_EVERY_BEATS = 5
 #: the figures of the host records that ``totals`` sums
 ROLLED_UP = ("collectors", "slots", "tasks_in_flight", "tasks_queued")
 
@@ -123,6 +125,7 @@ class Cluster:
             "leader": self.leader,
             "is_leader": self.is_leader,
             "last_error": self.last_error,
+            "stream_expired_removed": self._exchange.swept if self._exchange else 0,
             "results_shared": self._results.shared if self._results else 0,
             "results_unshared": self._results.unshared if self._results else 0,
             "hosts": self.hosts,
@@ -208,7 +211,7 @@ class Cluster:
     async def _serve(self) -> None:
         """Heartbeat and lease every ``cluster_heartbeat_s``; share schedule runs as soon as they happen."""
         beat = self._settings.cluster_heartbeat_s
-        next_beat = 0.0
+        next_beat, beats = 0.0, 0
         while True:
             now = time.monotonic()
             try:
@@ -216,6 +219,9 @@ class Cluster:
                 if now >= next_beat:
                     next_beat = now + beat
                     await asyncio.wait_for(self._beat(), timeout=beat)
+                    beats += 1
+                    if self.is_leader and beats % SWEEP_EVERY_BEATS == 0:
+                        self._sweep()
                 if self.is_leader:
                     await asyncio.wait_for(self._share_dues(), timeout=beat)
                 if self.last_error is not None and self.connected:
@@ -378,8 +384,25 @@ class Cluster:
         self._background(find())
         return True
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _sweep(self) -> None:
+        """The leader's sweep of the stream for tasks past their deadline, in the background (one at a time)."""
+        exchange = self._exchange
+        if exchange is None or any(t.get_name() == "sweep" for t in self._busy):
+            return
+
+        async def sweep() -> None:
+            try:
+                removed = await exchange.sweep(self._clock())
+            except Exception as exc:  # NATS away: the next sweep goes on
+                log.debug("cluster %s: the deadline sweep stopped: %s", self.name, exc)
+                return
+            if removed:
+                log.info("cluster %s: removed %d tasks past their deadline from the stream", self.name, removed)
+
+        self._background(sweep(), name="sweep")
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._busy.add(task)
         task.add_done_callback(self._busy.discard)
 

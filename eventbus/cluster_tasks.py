@@ -27,8 +27,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 RESULT_TRIES = 8
 #: attempts cancelled by their origin that no daemon had taken yet, remembered at most (the oldest go first)
 MAX_CANCELLED = 10_000
+#: messages a deadline sweep reads at most (the next one goes on from there)
+SWEEP_BUDGET = 1_000
 
 
 @dataclass(slots=True)
@@ -95,6 +99,9 @@ class TaskExchange:
         )
         self._foreign: dict[str, Foreign] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._sweep_from = 0
+        #: messages of tasks whose deadline passed that sweeps removed from the stream
+        self.swept = 0
         self._busy: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -142,6 +149,39 @@ class TaskExchange:
             operation = subject.split(".")[2]  # (<name>.task.<operation>.<priority>: none of them has a dot)
             found[operation] = found.get(operation, 0) + count
         return found
+
+    async def sweep(self, now: float) -> int:
+        """Remove from the stream the tasks whose deadline has passed (the leader's duty); how many it removed.
+
+        Their origins expire them on their own (on restart too); this keeps a
+        stream whose operation nobody takes any more from holding them
+        forever. Reads at most :data:`SWEEP_BUDGET` messages, the next sweep
+        going on from there.
+        """
+        from nats.js.errors import NotFoundError
+
+        info = await self._js.stream_info(self.stream)
+        seq = max(self._sweep_from, info.state.first_seq)
+        removed = 0
+        for _ in range(SWEEP_BUDGET):
+            if seq > info.state.last_seq:
+                seq = 0  # (the whole stream seen: the next sweep starts over)
+                break
+            try:
+                msg = await self._js.get_msg(self.stream, seq, subject=f"{self.name}.task.>", next=True)
+            except NotFoundError:
+                seq = 0
+                break
+            if msg.seq is None:
+                break
+            if _deadline(msg.data) <= now:
+                with contextlib.suppress(NotFoundError):  # (taken and acknowledged meanwhile)
+                    await self._js.delete_msg(self.stream, msg.seq)
+                    removed += 1
+                    self.swept += 1
+            seq = self._sweep_from = msg.seq + 1
+        self._sweep_from = seq
+        return removed
 
     def stop(self) -> None:
         self._puller.stop()
@@ -325,6 +365,15 @@ class TaskExchange:
         task = asyncio.get_running_loop().create_task(work)
         self._busy.add(task)
         task.add_done_callback(self._busy.discard)
+
+
+def _deadline(data: bytes | None) -> float:
+    """The deadline of the task a stream message holds (infinite if it has none or does not read)."""
+    try:
+        deadline = msgpack.unpackb(data or b"")["task"].get("deadline")
+        return math.inf if deadline is None else float(deadline)
+    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException):
+        return math.inf
 
 
 def _local_id(task_id: str, origin: str, attempt: int) -> str:

@@ -421,3 +421,22 @@ def test_a_daemon_restarted_while_running_a_spilled_task_still_sends_its_result(
     finally:
         for bus in (a, b):
             bus.close()
+
+
+def test_the_leader_removes_tasks_past_their_deadline_from_the_stream(two: tuple[Bus, Bus]) -> None:
+    a, b = two
+    b.start_collector("cb", "demo", "--concurrency", "1")
+    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
+    time.sleep(1.0)
+    with a.client() as client:
+        busy = client.submit("sleep", {"seconds": 8}, timeout_ms=20_000)
+        wait_until(lambda: in_flight(b) == 1, 15, "b to be busy")
+        late = client.submit("sleep", {"seconds": 0.1}, deadline=time.time() + 1.5)
+        wait_until(lambda: client.get(late).state == "dispatched", 10, "the second to spill")
+        wait_until(lambda: view(a)["stream_depths"] == {"sleep": 2}, 10, "both in the stream")
+        assert client.wait(late, timeout=10).state == "expired"  # (its origin's own deadline)
+    # nobody takes it while b is busy: the leader's sweep (every 5 heartbeats) takes it out of the stream
+    wait_until(lambda: view(a)["stream_depths"] == {"sleep": 1}, 10, "the sweep")
+    assert sum(int(view(bus)["stream_expired_removed"]) for bus in (a, b)) == 1
+    with a.client() as client:
+        client.cancel(busy)
