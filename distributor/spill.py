@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 #: the collector id of an attempt that runs on another host (never a real collector id: not a segment)
 REMOTE = "@cluster"
+#: with spill_after_s 0, a task whose spill could not be handed over tries again this much later, not at once
+RESPILL_AFTER_S = 1.0
 
 
 def arm(m: TaskMachine, task: TaskRecord) -> None:
@@ -146,3 +148,6 @@ def unsent(m: TaskMachine, task_id: str, attempt: int) -> None:
     ended(m, task)
     m.stats.tasks_redelivered += 1
     m._enqueue(task, front=True)
+    if task in m.spill_now:  # (spill_after_s 0: not again in this same event, which would spin while NATS fails)
+        m.spill_now.remove(task)
+        m._timers.add(m._now + RESPILL_AFTER_S, TimerKind.SPILL, task.task_id, task.serial, task.attempt)

@@ -189,3 +189,13 @@ def test_a_task_another_host_spilled_here_runs_here_and_never_spills_again() -> 
     assert spills(dist.set_remote_offers(frozenset({"echo"}), 6.0)) == []  # offered again: still not spilled
     (d,) = dispatches(dist.register(cap("c1"), 7.0))
     assert d.task.task_id == tid and dist.get(tid).collector_id == "c1"
+
+
+def test_with_spill_after_zero_a_spill_that_could_not_be_handed_over_tries_again_a_second_later() -> None:
+    dist = cluster(spill_after_s=0.0)
+    tid, actions = dist.submit(TaskRequest(operation="echo"), 0.0)
+    (s,) = spills(actions)
+    assert spills(dist.remote_unsent(tid, s.attempt, 0.1)) == []  # not again at once: NATS may be failing fast
+    assert dist.state(tid) is TaskState.QUEUED and spills(dist.tick(1.0)) == []
+    (again,) = spills(dist.tick(1.1))
+    assert again.task.task_id == tid and again.attempt == s.attempt + 1
