@@ -211,7 +211,8 @@ def schedule_rm(ctx: Ctx, name: str) -> None:
 @click.command()
 @click.pass_obj
 def cluster(ctx: Ctx) -> None:
-    """The cluster as this daemon sees it: its node, the leader, NATS, every host's collectors and load.
+    """The cluster as this daemon sees it: its node, the leader, NATS, every host's collectors and load,
+    the totals, and the tasks waiting in the cluster's stream by operation.
 
     Example: eventbusctl cluster
     """
