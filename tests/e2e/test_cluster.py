@@ -169,6 +169,14 @@ def test_a_leader_cut_off_from_nats_steps_down_before_its_lease_can_expire(short
         a.close()
 
 
+def serving(host: Bus, seen_by: Bus, collector: str, *args: str, timeout: float = 10) -> None:
+    """Start a demo collector on ``host``, and wait until ``seen_by`` knows ``host`` offers ``sleep``."""
+    host.start_collector(collector, "demo", *args)
+    node_name = host.env["EVENTBUS_CLUSTER_NODE"]
+    wait_until(lambda: offers(seen_by, node_name, "sleep"), timeout, f"host {node_name}'s record")
+    time.sleep(1.0)  # seen_by reads the records every heartbeat
+
+
 def in_flight(bus: Bus) -> int:
     with bus.client() as client:
         return int(client.stats()["tasks_in_flight"])
@@ -206,9 +214,7 @@ def test_spilled_tasks_of_a_killed_daemon_finish_on_a_third_one_once_each(short_
         for name in ("a", "b", "c"):
             buses.append(node(short_tmp, name, nats_url, env={"EVENTBUS_CLUSTER_ACK_WAIT_S": "2"}))
         a, b, c = buses
-        b.start_collector("cb", "demo", "--concurrency", "8")
-        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-        time.sleep(1.0)
+        serving(b, a, "cb", "--concurrency", "8")
         with a.client() as client:
             ids = [client.submit("sleep", {"seconds": 3}) for _ in range(6)]
             wait_until(lambda: all(client.get(t).state == "dispatched" for t in ids), 15, "the tasks to spill")
@@ -241,9 +247,7 @@ def test_a_result_sent_while_the_spilling_daemon_was_down_reaches_it_after_its_r
     two: tuple[Bus, Bus],
 ) -> None:
     a, b = two
-    b.start_collector("cb", "demo", "--concurrency", "4")
-    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-    time.sleep(1.0)
+    serving(b, a, "cb", "--concurrency", "4")
     with a.client() as client:
         tid = client.submit("sleep", {"seconds": 2})
         wait_until(lambda: client.get(tid).state == "dispatched", 15, "the task to spill")
@@ -270,9 +274,7 @@ def test_a_spilled_task_whose_takers_keep_dying_fails_after_max_retries_plus_one
         for name in ("b", "c"):
             buses.append(node(short_tmp, name, nats_url, env=quick))
         a, b, c = buses
-        b.start_collector("cb", "demo")
-        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-        time.sleep(1.0)
+        serving(b, a, "cb")
         with a.client() as client:
             tid = client.submit("sleep", {"seconds": 30}, timeout_ms=60_000)
         wait_until(lambda: in_flight(b) == 1, 15, "b to run it")
@@ -296,9 +298,7 @@ def test_a_nats_node_killed_under_load_loses_no_acknowledged_task(short_tmp: Pat
         a = node(short_tmp, "a", urls, env=env)
         b = node(short_tmp, "b", urls, env=env)
         try:
-            b.start_collector("cb", "demo", "--concurrency", "8")
-            wait_until(lambda: offers(a, "b", "sleep"), 20, "host b's record")
-            time.sleep(1.0)
+            serving(b, a, "cb", "--concurrency", "8", timeout=20)
             with a.client() as client:
                 ids = [client.submit("sleep", {"seconds": 0.2}, timeout_ms=5000) for _ in range(80)]
                 wait_until(lambda: int(client.stats()["tasks_spilled"]) >= 16, 20, "spilling under way")
@@ -347,9 +347,7 @@ def test_a_higher_priority_task_spilled_behind_many_lower_ones_is_taken_first(sh
     a = node(short_tmp, "a", nats_url, env={"EVENTBUS_CLUSTER_SPILL_AFTER_MS": "0"})
     b = node(short_tmp, "b", nats_url)
     try:
-        b.start_collector("cb", "demo", "--concurrency", "1")
-        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-        time.sleep(1.0)
+        serving(b, a, "cb", "--concurrency", "1")
         with a.client() as client:
             low = [client.submit("sleep", {"seconds": 0.1}, priority=1) for _ in range(20)]
             wait_until(lambda: int(client.stats()["tasks_spilled"]) == 20, 15, "the low ones to spill")
@@ -366,9 +364,7 @@ def test_a_higher_priority_task_spilled_behind_many_lower_ones_is_taken_first(sh
 
 def test_cancelling_a_spilled_task_stops_it_on_the_host_running_it(two: tuple[Bus, Bus]) -> None:
     a, b = two
-    b.start_collector("cb", "demo")
-    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-    time.sleep(1.0)
+    serving(b, a, "cb")
     with a.client() as client:
         tid = client.submit("sleep", {"seconds": 60}, timeout_ms=120_000)
     wait_until(lambda: in_flight(b) == 1, 15, "b to run it")
@@ -384,9 +380,7 @@ def test_cancelling_a_spilled_task_stops_it_on_the_host_running_it(two: tuple[Bu
 
 def test_a_spilled_task_cancelled_before_any_host_took_it_is_dropped_unrun(two: tuple[Bus, Bus]) -> None:
     a, b = two
-    b.start_collector("cb", "demo", "--concurrency", "1")
-    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-    time.sleep(1.0)
+    serving(b, a, "cb", "--concurrency", "1")
     with a.client() as client:
         first = client.submit("sleep", {"seconds": 2})
         wait_until(lambda: in_flight(b) == 1, 15, "b to run the first")
@@ -405,9 +399,7 @@ def test_a_daemon_restarted_while_running_a_spilled_task_still_sends_its_result(
     a = node(short_tmp, "a", nats_url, env=quick)
     b = node(short_tmp, "b", nats_url, env=quick)
     try:
-        b.start_collector("cb", "demo")
-        wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-        time.sleep(1.0)
+        serving(b, a, "cb")
         with a.client() as client:
             tid = client.submit("sleep", {"seconds": 2})
         wait_until(lambda: in_flight(b) == 1, 15, "b to run it")
@@ -425,9 +417,7 @@ def test_a_daemon_restarted_while_running_a_spilled_task_still_sends_its_result(
 
 def test_the_leader_removes_tasks_past_their_deadline_from_the_stream(two: tuple[Bus, Bus]) -> None:
     a, b = two
-    b.start_collector("cb", "demo", "--concurrency", "1")
-    wait_until(lambda: offers(a, "b", "sleep"), 10, "host b's record")
-    time.sleep(1.0)
+    serving(b, a, "cb", "--concurrency", "1")
     with a.client() as client:
         busy = client.submit("sleep", {"seconds": 8}, timeout_ms=20_000)
         wait_until(lambda: in_flight(b) == 1, 15, "b to be busy")
