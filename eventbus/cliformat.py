@@ -190,12 +190,16 @@ def cluster_line(view: dict[str, Any]) -> str:
     return f"{view['name']} ({view['mode']}), node {view['node']}, {link}, {role}"
 
 
+def _cut(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def cluster_text(view: dict[str, Any]) -> str:
     """``cluster``: this daemon's state in the cluster, then every host's record."""
     if not view.get("enabled"):
         return "clustering is off (set cluster_nats_url to join daemons through NATS)"
     lines = [cluster_line(view), f"servers {', '.join(view['servers'])}"]
-    head = ("NODE", "LEADER", "COLLECTORS", "SLOTS", "IN FLIGHT", "QUEUED", "OPERATIONS")
+    head = ("NODE", "LEADER", "COLLECTORS", "SLOTS", "IN FLIGHT", "QUEUED", "OPERATIONS", "COLLECTOR IDS")
     rows = [head]
     for h in view["hosts"]:
         ops = ",".join(h["operations"])
@@ -207,7 +211,8 @@ def cluster_text(view: dict[str, Any]) -> str:
                 str(h["slots"]),
                 str(h["tasks_in_flight"]),
                 str(h["tasks_queued"]),
-                ops if len(ops) <= 40 else ops[:37] + "...",
+                _cut(ops),
+                _cut(",".join(h.get("collector_ids", []))),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -60,6 +60,8 @@ MAX_BACKOFF_S = 10.0
 SHARE_EVERY_S = 0.05
 #: the leader sweeps the stream for tasks past their deadline every this many heartbeats
 SWEEP_EVERY_BEATS = 5
+#: collector ids a host record lists at most (its ``collectors`` counts them all)
+MAX_LISTED = 100
 #: the figures of the host records that ``totals`` sums
 ROLLED_UP = ("collectors", "slots", "tasks_in_flight", "tasks_queued")
 
@@ -253,9 +255,11 @@ class Cluster:
 
     def _record(self) -> dict[str, Any]:
         """This daemon's record in ``<name>_hosts``."""
+        registry = self._service.distributor.registry
         snap = self._service.distributor.snapshot(self._clock())
-        offered = sorted(self._service.distributor.registry.operations())
-        slots = sum(c.capability.max_concurrent_tasks for c in self._service.distributor.registry)
+        offered = sorted(registry.operations())
+        slots = sum(c.capability.max_concurrent_tasks for c in registry)
+        ids = sorted(c.capability.collector_id for c in registry)[:MAX_LISTED]
         return {
             "node": self.node,
             "version": __version__,
@@ -263,6 +267,7 @@ class Cluster:
             "at": self._clock(),
             "leader": self.is_leader,
             "collectors": snap["collectors"],
+            "collector_ids": ids,
             "operations": offered,
             "slots": slots,
             "tasks_in_flight": snap["tasks_in_flight"],

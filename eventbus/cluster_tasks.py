@@ -228,7 +228,7 @@ class TaskExchange:
                 self._cancelled.popitem(last=False)
             return
         distributor = self._service.distributor
-        if not distributor.state(local_id).terminal:  # (its result goes back, and is stale there)
+        with contextlib.suppress(EventBusError):  # (final meanwhile, its result on its way: stale there)
             self._service.perform(distributor.cancel(local_id, self._clock()))
 
     async def _on_result(self, msg: Msg) -> None:

@@ -72,7 +72,9 @@ def test_two_daemons_see_each_other_and_agree_on_one_leader(two: tuple[Bus, Bus]
     status = a.ctl("status")
     assert "cluster" in status.stdout and "node a, connected" in status.stdout
     shown = a.ctl("cluster")
-    assert shown.returncode == EXIT_OK and "NODE" in shown.stdout and "ca" not in shown.stdout
+    assert shown.returncode == EXIT_OK and "NODE" in shown.stdout and "COLLECTOR IDS" in shown.stdout
+    a_row = next(line for line in shown.stdout.splitlines() if line.startswith("a "))
+    assert a_row.split()[-1] == "ca" and hosts["a"]["collector_ids"] == ["ca"]
     assert view(a)["totals"] == {
         "hosts": 2,
         "collectors": 1,
