@@ -269,21 +269,13 @@ class TaskMachine:
         ``closed``: collector types whose limit refuses a dispatch now (their collectors are passed over).
         """
         select, request = self.strategy.select, task.request
-        if closed:
-            if task.failed_on:
-                failed = task.failed_on
-                state = select(
-                    request, pool, lambda c: c.collector_id not in failed and c.capability.collector_type not in closed
-                )
-                if state is not None:
-                    return state
-            return select(request, pool, lambda c: c.capability.collector_type not in closed)
+        usable = _anyone if not closed else lambda c: c.capability.collector_type not in closed
         if task.failed_on:
             failed = task.failed_on
-            state = select(request, pool, lambda c: c.collector_id not in failed)
+            state = select(request, pool, lambda c: c.collector_id not in failed and usable(c))
             if state is not None:
                 return state
-        return select(request, pool, _anyone)
+        return select(request, pool, usable)
 
     def _dispatch(self, task: TaskRecord, state: CollectorState) -> None:
         now = self._now
@@ -449,14 +441,13 @@ class TaskMachine:
 
     def _stop(self, task: TaskRecord, reason: str) -> None:
         """Take a non-final task out of the queue, off its collector, or out of pending."""
-        if task.in_flight and task.collector_id == spill.REMOTE:
-            spill.ended(self, task)  # (the host asks whoever runs it to stop; a result still sent is stale)
-            self._actions.append(Cancel(spill.REMOTE, task.task_id, task.attempt, reason))
-        elif task.in_flight and task.collector_id is not None:
+        if task.in_flight and task.collector_id is not None:
+            # (on REMOTE: the host asks whichever host runs it to stop; a result still sent is stale)
             self._actions.append(Cancel(task.collector_id, task.task_id, task.attempt, reason))
             state = self.registry.find(task.collector_id)
             if state is not None:
                 self._release(state, task)
+            spill.ended(self, task)
         elif task.state is TaskState.QUEUED:
             self.queue.remove(task.task_id)
 

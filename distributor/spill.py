@@ -72,14 +72,16 @@ def offered(m: TaskMachine, operations: frozenset[str]) -> None:
     if not new or after is None:
         return
     late = m._now - after + 1e-9
-    due_ids = []
     tasks = m._tasks
-    for task_id, operation in m.queue.queued():
-        queued_at = tasks[task_id].queued_at
-        if operation in new and queued_at is not None and queued_at <= late and not tasks[task_id].local:
-            due_ids.append(task_id)
-    for task_id in due_ids:
-        _spill(m, m._tasks[task_id])
+    due_tasks = [
+        task
+        for task_id, operation in m.queue.queued()
+        if operation in new
+        for task in (tasks[task_id],)
+        if task.queued_at is not None and task.queued_at <= late and not task.local
+    ]
+    for task in due_tasks:
+        _spill(m, task)
 
 
 def _spill(m: TaskMachine, task: TaskRecord) -> None:
@@ -87,12 +89,9 @@ def _spill(m: TaskMachine, task: TaskRecord) -> None:
     now, request = m._now, task.request
     task.attempt += 1
     m._to(task, TaskState.DISPATCHED)
-    task.collector_id = REMOTE
     task.dispatched_at = now
-    m.remote_in_flight += 1
+    _away(m, task)
     m.stats.tasks_spilled += 1
-    timeout_at = now + request.timeout_ms / 1000.0 + m.config.spill_grace_s
-    m._timers.add(timeout_at, TimerKind.ATTEMPT_TIMEOUT, task.task_id, task.serial, task.attempt)
     m._actions.append(Spill(request, task.attempt, request.deadline))
     m._task_event(task)
 
@@ -107,6 +106,11 @@ def resume(m: TaskMachine, task: TaskRecord) -> None:
     """
     m._to(task, TaskState.QUEUED, born=True)
     m._to(task, TaskState.DISPATCHED)
+    _away(m, task)
+
+
+def _away(m: TaskMachine, task: TaskRecord) -> None:
+    """A dispatched task's attempt runs on another host from now: its timeout is ``timeout_ms`` + the grace."""
     task.collector_id = REMOTE
     m.remote_in_flight += 1
     timeout_at = m._now + task.request.timeout_ms / 1000.0 + m.config.spill_grace_s

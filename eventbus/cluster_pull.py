@@ -43,6 +43,16 @@ FETCH_WAIT_S = 0.5
 REPLY_TIMEOUT_S = 2.0
 
 
+async def waiting(js: JetStreamContext, stream: str, name: str) -> dict[tuple[str, int], int]:
+    """Messages in the task stream by (operation, priority), those in progress included (one request)."""
+    info = await js.stream_info(stream, subjects_filter=f"{name}.task.>")
+    found = {}
+    for subject, count in (info.state.subjects or {}).items():
+        _, _, operation, priority = subject.split(".")  # (<name>.task.<operation>.<priority>: none has a dot)
+        found[operation, int(priority)] = count
+    return found
+
+
 class Puller:
     """This daemon's rounds over the stream's subjects (see the module)."""
 
@@ -108,14 +118,10 @@ class Puller:
 
     async def _round(self) -> int:
         """Take what local collectors have room for, highest priority first; the number of tasks taken."""
-        info = await self._js.stream_info(self._stream, subjects_filter=f"{self._name}.task.>")
-        waiting: list[tuple[int, str, int]] = []
-        for subject, count in (info.state.subjects or {}).items():
-            _, _, operation, priority = subject.split(".")  # (none of them has a dot)
-            if operation in self._offered and count > 0:
-                waiting.append((-int(priority), operation, count))
+        counts = await waiting(self._js, self._stream, self._name)
+        offered = [(-priority, op, n) for (op, priority), n in counts.items() if op in self._offered and n > 0]
         took = 0
-        for rank, operation, count in sorted(waiting):
+        for rank, operation, count in sorted(offered):
             free = self._free(operation)
             if free > 0:
                 for msg in await self._next(operation, -rank, min(free, count, MAX_FETCH)):

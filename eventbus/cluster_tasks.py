@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from distributor.actions import Cancel, Spill
 from distributor.models import CollectorStatus, ErrorInfo, TaskRequest, TaskResult, TaskState
-from eventbus.cluster_pull import Puller
+from eventbus.cluster_pull import Puller, waiting
 from eventbus.errors import DuplicateTask, EventBusError
 
 if TYPE_CHECKING:
@@ -57,8 +57,11 @@ log = logging.getLogger(__name__)
 RESULT_TRIES = 8
 #: attempts cancelled by their origin that no daemon had taken yet, remembered at most (the oldest go first)
 MAX_CANCELLED = 10_000
-#: messages a deadline sweep reads at most (the next one goes on from there)
+#: messages, and bytes, a deadline sweep reads at most (the next one goes on from there)
 SWEEP_BUDGET = 1_000
+SWEEP_BYTES = 16 << 20
+#: the header of a stream message that holds its task's deadline (epoch seconds), read by the sweep
+DEADLINE_HEADER = "Eventbus-Deadline"
 
 
 @dataclass(slots=True)
@@ -143,10 +146,8 @@ class TaskExchange:
 
     async def depths(self) -> dict[str, int]:
         """Tasks in the stream by operation (handed to the cluster and not done yet), as JetStream counts them."""
-        info = await self._js.stream_info(self.stream, subjects_filter=f"{self.name}.task.>")
         found: dict[str, int] = {}
-        for subject, count in (info.state.subjects or {}).items():
-            operation = subject.split(".")[2]  # (<name>.task.<operation>.<priority>: none of them has a dot)
+        for (operation, _), count in (await waiting(self._js, self.stream, self.name)).items():
             found[operation] = found.get(operation, 0) + count
         return found
 
@@ -155,15 +156,19 @@ class TaskExchange:
 
         Their origins expire them on their own (on restart too); this keeps a
         stream whose operation nobody takes any more from holding them
-        forever. Reads at most :data:`SWEEP_BUDGET` messages, the next sweep
-        going on from there.
+        forever. Reads at most :data:`SWEEP_BUDGET` messages and
+        :data:`SWEEP_BYTES` bytes, the next sweep going on from there; a
+        message's deadline is in its :data:`DEADLINE_HEADER`, its payload left
+        unread.
         """
         from nats.js.errors import NotFoundError
 
         info = await self._js.stream_info(self.stream)
         seq = max(self._sweep_from, info.state.first_seq)
-        removed = 0
+        removed = read = 0
         for _ in range(SWEEP_BUDGET):
+            if read > SWEEP_BYTES:
+                break
             if seq > info.state.last_seq:
                 seq = 0  # (the whole stream seen: the next sweep starts over)
                 break
@@ -174,7 +179,8 @@ class TaskExchange:
                 break
             if msg.seq is None:
                 break
-            if _deadline(msg.data) <= now:
+            read += len(msg.data or b"")
+            if _deadline(msg.headers) <= now:
                 with contextlib.suppress(NotFoundError):  # (taken and acknowledged meanwhile)
                     await self._js.delete_msg(self.stream, msg.seq)
                     removed += 1
@@ -200,10 +206,11 @@ class TaskExchange:
         deliveries = self._service.distributor.config.max_retries + 1
         body = {"task": request.model_dump(), "attempt": action.attempt, "origin": self.node, "deliveries": deliveries}
         subject = f"{self.name}.task.{request.operation}.{request.priority}"
+        headers = {"Nats-Msg-Id": f"{task_id}:{action.attempt}"}
+        if request.deadline is not None:
+            headers[DEADLINE_HEADER] = repr(request.deadline)
         try:
-            await self._js.publish(
-                subject, msgpack.packb(body), timeout=5, headers={"Nats-Msg-Id": f"{task_id}:{action.attempt}"}
-            )
+            await self._js.publish(subject, msgpack.packb(body), timeout=5, headers=headers)
             await self._nc.publish(f"{self.name}.nudge.{request.operation}", b"")  # (daemons waiting: look now)
         except Exception as exc:  # NATS away, or the stream refused it
             log.warning("cluster %s: task %s could not be handed over (%s); it stays here", self.name, task_id, exc)
@@ -284,9 +291,9 @@ class TaskExchange:
         if local_id in self._foreign:  # delivered again while it runs here: keep the newer message
             self._foreign[local_id].msg = msg
             return
+        foreign = Foreign(msg, origin, task_id, attempt)
         if 0 < deliveries < msg.metadata.num_delivered:  # the daemons that took it died running it, every time
-            self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
-            self._background(self._send_result(local_id, _undelivered(task_id, attempt, deliveries)))
+            self._send_back(local_id, foreign, _undelivered(task_id, attempt, deliveries))
             return
         fields.update(task_id=local_id, depends_on=[], idempotency_key=None, not_before=None, created_at=None)
         fields["metadata"] = {**(fields.get("metadata") or {}), "origin": origin, "origin_task_id": task_id}
@@ -294,18 +301,17 @@ class TaskExchange:
             request = TaskRequest.model_validate(fields)
             _, actions = service.distributor.submit(request, self._clock(), size=len(msg.data), local=True)
         except DuplicateTask:  # this daemon took it before it restarted: it kept the task, which sends its result
-            self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
+            self._foreign[local_id] = foreign
             if service.distributor.state(local_id).terminal:
                 self.finished(local_id)
             return
         except (ValidationError, EventBusError) as exc:
             if getattr(exc, "code", "") == "queue_full":
                 self._background(msg.nak(delay=1.0))
-                return
-            self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
-            self._background(self._send_result(local_id, _refused(task_id, attempt, exc)))
+            else:
+                self._send_back(local_id, foreign, _refused(task_id, attempt, exc))
             return
-        self._foreign[local_id] = Foreign(msg, origin, task_id, attempt)
+        self._foreign[local_id] = foreign
         service.perform(actions)
 
     def finished(self, local_id: str) -> bool:
@@ -327,8 +333,13 @@ class TaskExchange:
                 "execution_time_s": result.execution_time_s if result is not None else 0.0,
             }
         fields.update(task_id=foreign.task_id, attempt=foreign.attempt)
-        self._background(self._send_result(local_id, fields))
+        self._send_back(local_id, foreign, fields)
         return True
+
+    def _send_back(self, local_id: str, foreign: Foreign, result: dict[str, Any]) -> None:
+        """Send ``result`` to the task's origin (in the background), then let its message go."""
+        self._foreign[local_id] = foreign
+        self._background(self._send_result(local_id, result))
 
     async def _send_result(self, local_id: str, result: dict[str, Any]) -> None:
         """Publish a result to its origin's stream, then acknowledge the task's message (it was run)."""
@@ -367,12 +378,11 @@ class TaskExchange:
         task.add_done_callback(self._busy.discard)
 
 
-def _deadline(data: bytes | None) -> float:
-    """The deadline of the task a stream message holds (infinite if it has none or does not read)."""
+def _deadline(headers: dict[str, str] | None) -> float:
+    """The deadline a stream message's header gives its task (infinite: none, or one that does not read)."""
     try:
-        deadline = msgpack.unpackb(data or b"")["task"].get("deadline")
-        return math.inf if deadline is None else float(deadline)
-    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException):
+        return float((headers or {}).get(DEADLINE_HEADER, "inf"))
+    except ValueError:
         return math.inf
 
 

@@ -345,15 +345,15 @@ class Service:
                 # undeliverable: treat the collector as dead until it heartbeats again,
                 # so its attempts are redelivered now instead of after a timeout
                 work.extend(self.distributor.suspect(action.collector_id, self._clock()))
-            elif isinstance(action, Cancel) and action.collector_id == REMOTE:
-                if self.cluster is not None:
-                    self.cluster.cancel(action)
             elif isinstance(action, Cancel):
-                self._to_collector(
-                    action.collector_id,
-                    f"{m.CANCEL_PREFIX}.{action.collector_id}",
-                    {"task_id": action.task_id, "attempt": action.attempt, "reason": action.reason},
-                )
+                if action.collector_id != REMOTE:
+                    self._to_collector(
+                        action.collector_id,
+                        f"{m.CANCEL_PREFIX}.{action.collector_id}",
+                        {"task_id": action.task_id, "attempt": action.attempt, "reason": action.reason},
+                    )
+                elif self.cluster is not None:  # (a spilled attempt: whichever host runs it stops it)
+                    self.cluster.cancel(action)
             elif isinstance(action, Finished):
                 self._waiters.finished(action.task_id)
                 if self.cluster is not None:
